@@ -1,0 +1,1 @@
+"""The model: single-device code, no accelerate / DeepSpeed / FSDP imports."""

@@ -1,0 +1,147 @@
+"""create_model_and_transforms: open_clip vision tower + Hugging Face LM + tokenizer -> Flamingo."""
+
+import logging
+from pathlib import Path
+
+import open_clip
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .flamingo import Flamingo
+
+logger = logging.getLogger(__name__)
+
+# Small open_clip architectures shipped with this package (e.g. "ViT-Tiny-16" for the demo and
+# the tests), registered next to open_clip's own configs.
+open_clip.add_model_config(Path(__file__).resolve().parent.parent / "model_configs")
+
+# Added in this order, so ids match released checkpoints: for the GPT-NeoX-20B tokenizer of
+# MPT-1B/7B (50277 tokens) <|endofchunk|> = 50277, <image> = 50278, <PAD> = 50279.
+FLAMINGO_SPECIAL_TOKENS = ["<|endofchunk|>", "<image>"]
+PAD_TOKEN = "<PAD>"
+
+
+def _hf_source(path: str) -> tuple[str, dict]:
+    """A path to a single `.gguf` file loads from its folder with `gguf_file=`."""
+    if path.endswith(".gguf") and Path(path).is_file():
+        return str(Path(path).parent), {"gguf_file": Path(path).name}
+    return path, {}
+
+
+def load_flamingo_tokenizer(
+    tokenizer_path: str,
+    *,
+    use_local_files: bool = False,
+    trust_remote_code: bool = False,
+    cache_dir: str | None = None,
+):
+    """The LM tokenizer with `<|endofchunk|>`, `<image>` and (if it had none) `<PAD>` added."""
+    source, extra = _hf_source(tokenizer_path)
+    tokenizer = AutoTokenizer.from_pretrained(
+        source,
+        local_files_only=use_local_files,
+        trust_remote_code=trust_remote_code,
+        cache_dir=cache_dir,
+        **extra,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": FLAMINGO_SPECIAL_TOKENS})
+    if tokenizer.pad_token is None:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    return tokenizer
+
+
+def set_trainable_parameters(model: Flamingo, freeze_lm_embeddings: bool = False) -> None:
+    """Upstream's policy: train the perceiver, the gated cross-attention layers and, unless
+    `freeze_lm_embeddings`, the LM input embeddings; freeze everything else."""
+    model.requires_grad_(False)
+    model.perceiver.requires_grad_(True)
+    model.lang_encoder.gated_cross_attn_layers.requires_grad_(True)
+    if not freeze_lm_embeddings:
+        model.lang_encoder.get_input_embeddings().requires_grad_(True)
+
+
+def create_model_and_transforms(
+    clip_vision_encoder_path: str,
+    clip_vision_encoder_pretrained: str | None,
+    lang_encoder_path: str,
+    tokenizer_path: str,
+    cross_attn_every_n_layers: int = 1,
+    use_local_files: bool = False,
+    decoder_layers_attr_name: str | None = None,
+    freeze_lm_embeddings: bool = False,
+    cache_dir: str | None = None,
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+    **flamingo_kwargs,
+):
+    """Build an OpenFlamingo model, its image processor and its tokenizer.
+
+    Args:
+        clip_vision_encoder_path: open_clip model name, e.g. "ViT-L-14".
+        clip_vision_encoder_pretrained: open_clip pretrained tag (e.g. "openai"), a local weights
+            file, or None for random initialisation.
+        lang_encoder_path: Hugging Face model id or local folder (or a `.gguf` file) of the LM.
+        tokenizer_path: Hugging Face id or local folder (or a `.gguf` file) of the tokenizer.
+        cross_attn_every_n_layers: insert cross-attention before every n-th decoder layer.
+        use_local_files: only read local files (`local_files_only`).
+        decoder_layers_attr_name: dotted path of the decoder layers, for LM families that are not
+            in `open_flamingo.src.lm_registry`.
+        freeze_lm_embeddings: keep the LM input embeddings frozen.
+        cache_dir: download cache for open_clip and Hugging Face.
+        gradient_checkpointing: recompute activations in backward to save memory.
+        trust_remote_code: allow Hugging Face remote code (upstream always enabled it; here it
+            is opt-in).
+        **flamingo_kwargs: passed to `Flamingo`.
+
+    Returns:
+        (model, image_processor, tokenizer): the Flamingo model (float32, frozen except the
+        perceiver, cross-attention and embeddings), open_clip's evaluation transform, and the
+        tokenizer with Flamingo's special tokens.
+
+    Example:
+        >>> model, image_processor, tokenizer = create_model_and_transforms(
+        ...     "ViT-L-14", "openai", "anas-awadalla/mpt-1b-redpajama-200b",
+        ...     "anas-awadalla/mpt-1b-redpajama-200b", cross_attn_every_n_layers=1)
+    """
+    clip_model, _, image_processor = open_clip.create_model_and_transforms(
+        clip_vision_encoder_path,
+        pretrained=clip_vision_encoder_pretrained,
+        cache_dir=cache_dir,
+    )
+    vision_encoder = clip_model.visual
+    vision_encoder.output_tokens = True
+    vis_dim = open_clip.get_model_config(clip_vision_encoder_path)["vision_cfg"]["width"]
+
+    text_tokenizer = load_flamingo_tokenizer(
+        tokenizer_path,
+        use_local_files=use_local_files,
+        trust_remote_code=trust_remote_code,
+        cache_dir=cache_dir,
+    )
+
+    source, extra = _hf_source(lang_encoder_path)
+    lang_encoder = AutoModelForCausalLM.from_pretrained(
+        source,
+        local_files_only=use_local_files,
+        trust_remote_code=trust_remote_code,
+        cache_dir=cache_dir,
+        dtype=torch.float32,  # upstream numerics; training / eval cast to their precision
+        **extra,
+    )
+    lang_encoder.resize_token_embeddings(len(text_tokenizer))
+
+    model = Flamingo(
+        vision_encoder,
+        lang_encoder,
+        eoc_token_id=text_tokenizer.convert_tokens_to_ids("<|endofchunk|>"),
+        media_token_id=text_tokenizer.convert_tokens_to_ids("<image>"),
+        vis_dim=vis_dim,
+        cross_attn_every_n_layers=cross_attn_every_n_layers,
+        gradient_checkpointing=gradient_checkpointing,
+        decoder_layers_attr_name=decoder_layers_attr_name,
+        **flamingo_kwargs,
+    )
+    set_trainable_parameters(model, freeze_lm_embeddings=freeze_lm_embeddings)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Flamingo model initialized with %s trainable parameters", f"{n_trainable:,}")
+    return model, image_processor, text_tokenizer
