@@ -121,23 +121,26 @@ class PerceiverResampler(nn.Module):
         return self.norm(latents)
 
 
-def immediate_media_mask(
+def media_attention_mask(
     text_time: torch.Tensor, num_media: int, num_latents: int, only_immediate: bool = True
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which media latents each text token may attend to.
 
     text_time: (B, L) long, the 1-based index of the image a token follows (0 = no image yet).
-    Returns a bool mask (B, 1, L, T*n), True = attend. Faithful to upstream's fill-then-softmax:
-    a token whose allowed set is empty attends uniformly to every latent (upstream fills all
-    scores with the same value), so such rows are all True here. With `only_immediate`, the
-    caller zeroes the output of tokens with text_time == 0.
+    Returns (mask, has_media): mask (B, 1, L, T*n) bool, True = attend; has_media (B, L) bool.
+
+    Upstream fills disallowed scores with -max and then softmaxes, so a token with no allowed
+    latent (text before any image, or after more `<image>` tokens than images) attends
+    *uniformly* to all latents. Here such rows are all True in the mask and the caller zeroes
+    their queries, which gives exactly uniform weights.
     """
     media_time = torch.arange(1, num_media + 1, device=text_time.device)
     media_time = media_time.repeat_interleave(num_latents)  # (T*n,)
     tt = text_time[:, :, None]  # (B, L, 1)
     allowed = tt == media_time if only_immediate else tt >= media_time  # (B, L, T*n)
-    allowed = allowed | ~allowed.any(dim=-1, keepdim=True)
-    return allowed[:, None]
+    has_media = allowed.any(dim=-1)  # (B, L)
+    mask = allowed | ~has_media[..., None]
+    return mask[:, None], has_media
 
 
 class MaskedCrossAttention(nn.Module):
@@ -169,7 +172,8 @@ class MaskedCrossAttention(nn.Module):
         q = _split_heads(self.to_q(self.norm(x)), self.heads)  # (B, h, L, d)
         media = media.reshape(b, t * n, media.shape[-1])  # (B, T*n, Dv)
         k, v = (_split_heads(z, self.heads) for z in self.to_kv(media).chunk(2, dim=-1))
-        mask = immediate_media_mask(text_time, t, n, self.only_attend_immediate_media)
+        mask, has_media = media_attention_mask(text_time, t, n, self.only_attend_immediate_media)
+        q = q * has_media[:, None, :, None].to(q.dtype)  # uniform weights where nothing allowed
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
         if self.only_attend_immediate_media:
             # Text before the first image gets no visual signal at all (upstream zeroes its

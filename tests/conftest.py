@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny offline models, the real assets from `make assets`, CI strictness."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_models import FAMILIES, build_flamingo, save_byte_tokenizer, save_tiny_lm
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / ".cache" / "assets"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a local prerequisite is missing; in CI (CI=true) that is a failure instead."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"missing in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def assets() -> Path:
+    require((ASSETS / "COMPLETE").exists(), "offline assets missing: run `make assets`")
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def byte_tokenizer_dir(tmp_path_factory) -> Path:
+    return save_byte_tokenizer(tmp_path_factory.mktemp("byte_tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny_lms")
+    return {family: save_tiny_lm(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture
+def make_flamingo(tiny_lm_dirs, byte_tokenizer_dir):
+    """make_flamingo(family, **kwargs) -> (model, image_processor, tokenizer)."""
+
+    def make(family: str = "mpt", seed: int = 0, **kwargs):
+        return build_flamingo(tiny_lm_dirs[family], byte_tokenizer_dir, seed=seed, **kwargs)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

@@ -1,0 +1,206 @@
+"""Flamingo on every supported LM family: conditioning, generation, KV cache, errors."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Cache, GPT2Config
+
+from open_flamingo import Flamingo
+from tiny_models import FAMILIES, IMAGE_SIZE, randomize_gates
+
+EOC = 257  # <|endofchunk|> with the byte tokenizer
+
+
+def images(batch: int, num: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
+    """(B, T, 1, 3, H, W) random images."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, num, 1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(dtype)
+
+
+def open_model(make_flamingo, family: str, dtype=torch.float64):
+    """A model whose images matter (gates open), in eval mode and `dtype`."""
+    model, _, tokenizer = make_flamingo(family)
+    randomize_gates(model)
+    return model.to(dtype).eval(), tokenizer
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_closed_gates_give_the_plain_lm_logits(family, make_flamingo, tiny_lm_dirs):
+    model, _, tokenizer = make_flamingo(family)
+    model.eval()
+    lm = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs[family]).eval()
+    lm.resize_token_embeddings(len(tokenizer))
+    batch = tokenizer(
+        ["text<image>a cat<|endofchunk|><image>a dog", "<image>x"], return_tensors="pt", padding=True
+    )
+    with torch.no_grad():
+        ours = model(images(2, 2), batch.input_ids, attention_mask=batch.attention_mask).logits
+        plain = lm(batch.input_ids, attention_mask=batch.attention_mask).logits
+    torch.testing.assert_close(ours, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_images_change_only_the_tokens_after_them(family, make_flamingo):
+    model, tokenizer = open_model(make_flamingo, family)
+    ids = tokenizer(["before<image>after one<|endofchunk|><image>after two"], return_tensors="pt")
+    first_image = ids.input_ids[0].tolist().index(258)
+    vision = images(1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        base = model(vision, ids.input_ids).logits
+        changed_vision = vision.clone()
+        changed_vision[:, 1] = images(1, 1, seed=5, dtype=torch.float64)[:, 0]
+        changed = model(changed_vision, ids.input_ids).logits
+    diff = (changed - base).abs().amax(dim=-1)[0]
+    second_image = ids.input_ids[0].tolist().index(258, first_image + 1)
+    assert torch.all(diff[:second_image] == 0)
+    assert torch.all(diff[second_image:] > 0)
+
+
+def stepwise_greedy(model, vision, ids, new_tokens: int, banned: int = EOC) -> torch.Tensor:
+    """Greedy decoding by full forward passes without any cache (the reference)."""
+    for _ in range(new_tokens):
+        with torch.no_grad():
+            logits = model(vision, ids).logits[:, -1]
+        logits[:, banned] = -torch.inf  # as min_new_tokens does for the EOS id
+        ids = torch.cat([ids, logits.argmax(dim=-1, keepdim=True)], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_generate_equals_stepwise_full_forward(family, make_flamingo):
+    model, tokenizer = open_model(make_flamingo, family)
+    prompts = ["<image>a photo<|endofchunk|><image>two", "<image>x y zzz<|endofchunk|><image>abc"]
+    ids = tokenizer(prompts, return_tensors="pt").input_ids
+    assert ids.shape[1] == 13  # same length: no padding involved here
+    vision = images(2, 2, dtype=torch.float64)
+    generated = model.generate(vision, ids, max_new_tokens=12, min_new_tokens=12)
+    reference = stepwise_greedy(model, vision, ids, 12)
+    assert torch.equal(generated, reference)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_batch_generates_as_one_by_one(family, make_flamingo):
+    # float32: HF's MPT turns fully masked (padding) rows into NaN in float64 (it softmaxes
+    # float64 scores filled with float64's min after a cast to float32).
+    model, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
+    tokenizer.padding_side = "left"
+    prompts = ["<image>a red square<|endofchunk|><image>a", "<image>blue", "<image>long prompt here: x"]
+    vision = images(3, 2)
+    vision_rows = [vision[i : i + 1, : p.count("<image>")] for i, p in enumerate(prompts)]
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    # the batch needs as many image slots as its longest row; unused slots are never attended
+    batched = model.generate(
+        vision, batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=8,
+        min_new_tokens=8,
+    )
+    for i, prompt in enumerate(prompts):
+        single = tokenizer([prompt], return_tensors="pt")
+        alone = model.generate(
+            vision_rows[i], single.input_ids, attention_mask=single.attention_mask,
+            max_new_tokens=8, min_new_tokens=8,
+        )
+        assert torch.equal(batched[i, -8:], alone[0, -8:]), (family, prompt)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_beam_search_returns_prompt_plus_new_tokens(family, make_flamingo):
+    model, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
+    ids = tokenizer(["<image>a", "<image>b"], return_tensors="pt").input_ids
+    out = model.generate(
+        images(2, 1), ids, num_beams=3, num_return_sequences=2, max_new_tokens=5
+    )
+    assert out.shape[0] == 4 and 1 < out.shape[1] - ids.shape[1] <= 5
+    assert torch.equal(out[:, : ids.shape[1]], ids.repeat_interleave(2, dim=0))
+    sampled = model.generate(images(2, 1), ids, do_sample=True, num_return_sequences=3,
+                             max_new_tokens=4)
+    assert sampled.shape[0] == 6
+
+
+def test_generation_stops_at_endofchunk_by_default(make_flamingo):
+    model, tokenizer = open_model(make_flamingo, "llama3-gqa")  # untied output embeddings
+    ids = tokenizer(["<image>a"], return_tensors="pt").input_ids
+    vision = images(1, 1, dtype=torch.float64)
+    first = model.generate(vision, ids, max_new_tokens=1)[0, -1]
+    with torch.no_grad():  # make <|endofchunk|> score 10x the greedy token's (positive) logit
+        head = model.lang_encoder.get_output_embeddings().weight
+        head[EOC] = 10 * head[first]
+    out = model.generate(vision, ids, max_new_tokens=10)
+    assert out.shape[1] == ids.shape[1] + 1 and out[0, -1].item() == EOC
+
+
+@pytest.mark.parametrize("family", ["mpt", "llama3-gqa", "gpt_neo"])
+def test_cache_media_scoring_with_kv_cache_equals_full_forward(family, make_flamingo):
+    model, tokenizer = open_model(make_flamingo, family)
+    context = tokenizer(["<image>a cat<|endofchunk|><image>a dog is"], return_tensors="pt").input_ids
+    continuation = tokenizer([" sitting"], return_tensors="pt").input_ids
+    vision = images(1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        full = model(vision, torch.cat([context, continuation], dim=1)).logits
+        model.cache_media(input_ids=context, vision_x=vision)
+        first = model(None, context, clear_conditioned_layers=False, use_cache=True)
+        cache = first.cache if hasattr(first, "cache") else first.past_key_values
+        assert isinstance(cache, Cache)
+        second = model(
+            None, continuation, past_key_values=cache, clear_conditioned_layers=False,
+            use_cache=True,
+        )
+        model.uncache_media()
+    # float64 model, but HF's MPT softmaxes in float32: 1e-6, not 1e-12
+    torch.testing.assert_close(first.logits, full[:, : context.shape[1]], rtol=0, atol=1e-6)
+    torch.testing.assert_close(second.logits, full[:, context.shape[1] :], rtol=0, atol=1e-6)
+
+
+def test_media_must_be_given_or_cached(make_flamingo):
+    model, _, tokenizer = make_flamingo("mpt")
+    ids = tokenizer(["<image>a"], return_tensors="pt").input_ids
+    with pytest.raises(ValueError, match="cache_media"):
+        model(None, ids)
+    model.cache_media(input_ids=ids, vision_x=images(1, 1))
+    with pytest.raises(ValueError, match="uncache_media"):
+        model(images(1, 1), ids)
+    model.uncache_media()
+    with pytest.raises(RuntimeError, match="without visual conditioning"):
+        model.lang_encoder(ids)
+
+
+def test_bad_vision_shapes_are_explained(make_flamingo):
+    model, _, tokenizer = make_flamingo("mpt")
+    ids = tokenizer(["<image>a"], return_tensors="pt").input_ids
+    with pytest.raises(ValueError, match=r"\(B, T_img, F, C, H, W\)"):
+        model(torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE), ids)
+    with pytest.raises(ValueError, match="single-frame"):
+        model(torch.randn(1, 1, 2, 3, IMAGE_SIZE, IMAGE_SIZE), ids)
+
+
+def test_unknown_family_needs_decoder_layers_attr_name(make_flamingo):
+    vision = make_flamingo("mpt")[0].vision_encoder
+    lm = AutoModelForCausalLM.from_config(GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=260))
+    with pytest.raises(ValueError, match="decoder_layers_attr_name"):
+        Flamingo(vision, lm, eoc_token_id=257, media_token_id=258, vis_dim=64)
+    model = Flamingo(
+        vision, lm, eoc_token_id=257, media_token_id=258, vis_dim=64,
+        cross_attn_every_n_layers=2, decoder_layers_attr_name="transformer.h",
+    )
+    assert [b is not None for b in model.lang_encoder.gated_cross_attn_layers] == [False, True]
+    logits = model(images(1, 1), torch.tensor([[258, 65, 66]])).logits
+    assert logits.shape == (1, 3, 260)
+
+
+def test_wrong_decoder_layers_attr_name_is_explained(make_flamingo):
+    with pytest.raises(ValueError, match="no attribute path 'model.layerz'"):
+        make_flamingo("llama", decoder_layers_attr_name="model.layerz")
+
+
+@pytest.mark.parametrize("every, expected", [(1, [0, 1, 2, 3]), (2, [1, 3]), (4, [3])])
+def test_cross_attention_placement(every, expected, make_flamingo):
+    model, _, _ = make_flamingo("llama", cross_attn_every_n_layers=every)
+    layers = model.lang_encoder.gated_cross_attn_layers
+    assert [i for i, block in enumerate(layers) if block is not None] == expected
+    wrappers = model.lang_encoder.model.layers
+    for i, wrapper in enumerate(wrappers):
+        assert wrapper.gated_cross_attn_layer is layers[i]
+    # each Flamingo weight is registered exactly once (only the LM's own tying repeats one)
+    names_by_param = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_by_param.setdefault(param, []).append(name)
+    repeated = [names for names in names_by_param.values() if len(names) > 1]
+    assert repeated == [["lang_encoder.model.embed_tokens.weight", "lang_encoder.lm_head.weight"]]
