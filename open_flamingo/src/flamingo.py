@@ -70,7 +70,9 @@ class Flamingo(nn.Module):
             cross_attn_every_n_layers=cross_attn_every_n_layers,
         )
         # Every LM call (including each step inside generate) locates <image> in its input_ids.
-        lang_encoder.register_forward_pre_hook(self._conditioning.pre_forward_hook, with_kwargs=True)
+        lang_encoder.register_forward_pre_hook(
+            self._conditioning.pre_forward_hook, with_kwargs=True
+        )
         # transformers >= 5.24 names the KV cache argument `cache`; earlier 5.x `past_key_values`.
         forward_params = inspect.signature(lang_encoder.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"

@@ -185,7 +185,7 @@ def insert_gated_cross_attention(
         for layer_idx in range(len(decoder_layers))
     )
     for idx, (decoder_layer, xattn) in enumerate(
-        zip(list(decoder_layers), lang_encoder.gated_cross_attn_layers)
+        zip(list(decoder_layers), lang_encoder.gated_cross_attn_layers, strict=True)
     ):
         decoder_layers[idx] = FlamingoDecoderLayer(decoder_layer, xattn, conditioning)
     return decoder_layers

@@ -166,7 +166,9 @@ class MaskedCrossAttention(nn.Module):
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
         self.only_attend_immediate_media = only_attend_immediate_media
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor
+    ) -> torch.Tensor:
         """x: (B, L, D) text; media: (B, T, n, Dv) latents; text_time: (B, L). Returns (B, L, D)."""
         b, t, n, _ = media.shape
         q = _split_heads(self.to_q(self.norm(x)), self.heads)  # (B, h, L, d)
@@ -207,7 +209,9 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff = FeedForward(dim, mult=ff_mult)
         self.ff_gate = nn.Parameter(torch.tensor([0.0]))
 
-    def forward(self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor
+    ) -> torch.Tensor:
         """x: (B, L, D); media: (B, T, n, Dv); text_time: (B, L). Returns (B, L, D)."""
         x = self.attn(x, media, text_time) * self.attn_gate.tanh() + x
         x = self.ff(x) * self.ff_gate.tanh() + x

@@ -1,0 +1,61 @@
+"""The README's usage blocks run as written, with tiny local models in place of hub names."""
+
+import re
+
+import torch
+from PIL import Image
+
+from conftest import REPO
+from open_flamingo import trainable_state_dict
+from tiny_models import build_flamingo
+
+HUB_NAMES = {
+    '"ViT-L-14"': '"ViT-Tiny-16"',
+    'clip_vision_encoder_pretrained="openai"': "clip_vision_encoder_pretrained=None",
+    'lang_encoder_path="togethercomputer/RedPajama-INCITE-Base-3B-v1"': "lang_encoder_path={lm!r}",
+    'tokenizer_path="togethercomputer/RedPajama-INCITE-Base-3B-v1"': "tokenizer_path={tokenizer!r}",
+    'hf_hub_download("openflamingo/OpenFlamingo-4B-vitl-rpj3b", "checkpoint.pt")': "{checkpoint!r}",
+}
+
+
+def usage_blocks() -> list[str]:
+    readme = (REPO / "README.md").read_text()
+    usage = readme.split("## Usage", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", usage, flags=re.S)
+
+
+def test_readme_usage_runs_as_written(
+    tmp_path, monkeypatch, tiny_lm_dirs, byte_tokenizer_dir, capsys
+):
+    blocks = usage_blocks()
+    assert len(blocks) == 3  # initialise, load released weights, generate
+    # a "released" checkpoint: trainable weights of another model of the same architecture
+    released, _, _ = build_flamingo(
+        tiny_lm_dirs["gpt_neox"], byte_tokenizer_dir, seed=7, cross_attn_every_n_layers=2
+    )
+    checkpoint = trainable_state_dict(released)
+    torch.save(checkpoint, tmp_path / "checkpoint.pt")
+    paths = {
+        "lm": str(tiny_lm_dirs["gpt_neox"]),
+        "tokenizer": str(byte_tokenizer_dir),
+        "checkpoint": str(tmp_path / "checkpoint.pt"),
+    }
+    (tmp_path / "images").mkdir()
+    for name, color in [("two_cats", "orange"), ("bathroom_sink", "white"), ("query", "blue")]:
+        Image.new("RGB", (120, 90), color).save(tmp_path / "images" / f"{name}.jpg")
+    monkeypatch.chdir(tmp_path)
+
+    namespace = {}
+    for block in blocks:
+        for hub_name, local in HUB_NAMES.items():
+            block = block.replace(hub_name, local.format(**paths))
+        assert "togethercomputer" not in block and "openai" not in block
+        exec(compile(block, "README.md", "exec"), namespace)
+
+    model = namespace["model"]
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in checkpoint.items())
+    generated, prompt = namespace["generated"], namespace["prompt"]
+    assert torch.equal(generated[0, : prompt["input_ids"].shape[1]], prompt["input_ids"][0])
+    assert generated.shape[1] > prompt["input_ids"].shape[1]
+    assert "Generated text:" in capsys.readouterr().out
