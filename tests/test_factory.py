@@ -7,7 +7,7 @@ import open_clip
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from open_flamingo import create_model_and_transforms
 from open_flamingo.src.factory import load_flamingo_tokenizer
@@ -34,11 +34,18 @@ def test_special_token_ids_match_released_checkpoints(name, expected, assets):
     assert tokenizer.decode(ids[1:-1]) == "Output:a cat"
 
 
-def test_existing_pad_token_is_kept(assets):
+def test_flamingo_tokens_follow_the_vocabulary_of_a_real_lm(assets):
     tokenizer = load_flamingo_tokenizer(str(assets / SMOLLM2))
-    assert tokenizer.pad_token == "<|im_end|>"
     assert tokenizer.convert_tokens_to_ids(["<|endofchunk|>", "<image>"]) == [49152, 49153]
-    assert len(tokenizer) == 49154
+
+
+def test_existing_pad_token_is_kept(byte_tokenizer_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(byte_tokenizer_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.save_pretrained(tmp_path)
+    flamingo_tokenizer = load_flamingo_tokenizer(str(tmp_path))
+    assert flamingo_tokenizer.pad_token == "<|endoftext|>"
+    assert len(flamingo_tokenizer) == len(tokenizer) + 2
 
 
 def test_real_pretrained_lm_keeps_its_knowledge_with_closed_gates(assets):
