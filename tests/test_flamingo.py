@@ -227,3 +227,19 @@ def test_cross_attention_placement(every, expected, make_flamingo):
         names_by_param.setdefault(param, []).append(name)
     repeated = [names for names in names_by_param.values() if len(names) > 1]
     assert repeated == [["lang_encoder.model.embed_tokens.weight", "lang_encoder.lm_head.weight"]]
+
+
+@pytest.mark.parametrize("family", ["mpt", "llama3-gqa"])
+def test_bfloat16_model_agrees_with_float32(family, make_flamingo):
+    model32, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
+    model16, _ = open_model(make_flamingo, family, dtype=torch.bfloat16)
+    ids = tokenizer(["<image>a cat<|endofchunk|><image>a dog"], return_tensors="pt").input_ids
+    vision = images(1, 2)  # float32 input: the model casts it to its vision encoder's dtype
+    with torch.no_grad():
+        logits32 = model32(vision, ids).logits
+        logits16 = model16(vision, ids).logits
+    assert logits16.dtype == torch.bfloat16 and torch.isfinite(logits16).all()
+    similarity = torch.nn.functional.cosine_similarity(logits16.float(), logits32, dim=-1)
+    assert similarity.min() > 0.99
+    out = model16.generate(vision, ids, max_new_tokens=4, num_beams=2)
+    assert out.shape[1] > ids.shape[1]
