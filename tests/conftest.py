@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_models import FAMILIES, build_flamingo, save_byte_tokenizer, save_tiny_lm
+from byte_tokenizer import save_byte_tokenizer
+from tiny_models import FAMILIES, build_flamingo, save_tiny_lm
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / ".cache" / "assets"

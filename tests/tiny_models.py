@@ -1,9 +1,8 @@
-"""Tiny, offline models for tests: a byte-level tokenizer and one small config per LM family."""
+"""Tiny, offline models for tests: one small config per LM family, and Flamingos built on them."""
 
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     GPTJConfig,
@@ -13,7 +12,6 @@ from transformers import (
     MistralConfig,
     MptConfig,
     OPTConfig,
-    PreTrainedTokenizerFast,
     Qwen2Config,
 )
 
@@ -21,22 +19,8 @@ from open_flamingo import create_model_and_transforms
 
 VISION_ENCODER = "ViT-Tiny-16"  # open_flamingo/model_configs/ViT-Tiny-16.json, 64 px images
 IMAGE_SIZE = 64
-EOS = "<|endoftext|>"
 # 256 byte tokens + EOS; Flamingo then adds <|endofchunk|>, <image>, <PAD> -> 260 ids.
 VOCAB_SIZE = 260
-
-
-def save_byte_tokenizer(path: Path) -> Path:
-    """A byte-level BPE tokenizer without merges: one token per byte, plus EOS."""
-    byte_tokens = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {token: i for i, token in enumerate(sorted(byte_tokens))}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens([EOS])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token=EOS, bos_token=EOS)
-    fast.save_pretrained(path)
-    return path
 
 
 _COMMON = dict(vocab_size=VOCAB_SIZE, bos_token_id=256, eos_token_id=256)

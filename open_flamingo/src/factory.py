@@ -21,11 +21,14 @@ FLAMINGO_SPECIAL_TOKENS = ["<|endofchunk|>", "<image>"]
 PAD_TOKEN = "<PAD>"
 
 
-def _hf_source(path: str) -> tuple[str, dict]:
-    """A path to a single `.gguf` file loads from its folder with `gguf_file=`."""
+def _from_pretrained(auto_class, path: str, **kwargs):
+    """`auto_class.from_pretrained(path)`; a path to a single `.gguf` file loads from its folder
+    with `gguf_file=`."""
     if path.endswith(".gguf") and Path(path).is_file():
-        return str(Path(path).parent), {"gguf_file": Path(path).name}
-    return path, {}
+        return auto_class.from_pretrained(
+            str(Path(path).parent), gguf_file=Path(path).name, **kwargs
+        )
+    return auto_class.from_pretrained(path, **kwargs)
 
 
 def load_flamingo_tokenizer(
@@ -36,13 +39,12 @@ def load_flamingo_tokenizer(
     cache_dir: str | None = None,
 ):
     """The LM tokenizer with `<|endofchunk|>`, `<image>` and (if it had none) `<PAD>` added."""
-    source, extra = _hf_source(tokenizer_path)
-    tokenizer = AutoTokenizer.from_pretrained(
-        source,
+    tokenizer = _from_pretrained(
+        AutoTokenizer,
+        tokenizer_path,
         local_files_only=use_local_files,
         trust_remote_code=trust_remote_code,
         cache_dir=cache_dir,
-        **extra,
     )
     tokenizer.add_special_tokens({"additional_special_tokens": FLAMINGO_SPECIAL_TOKENS})
     if tokenizer.pad_token is None:
@@ -119,14 +121,13 @@ def create_model_and_transforms(
         cache_dir=cache_dir,
     )
 
-    source, extra = _hf_source(lang_encoder_path)
-    lang_encoder = AutoModelForCausalLM.from_pretrained(
-        source,
+    lang_encoder = _from_pretrained(
+        AutoModelForCausalLM,
+        lang_encoder_path,
         local_files_only=use_local_files,
         trust_remote_code=trust_remote_code,
         cache_dir=cache_dir,
         dtype=torch.float32,  # upstream numerics; training / eval cast to their precision
-        **extra,
     )
     lang_encoder.resize_token_embeddings(len(text_tokenizer))
 

@@ -1,7 +1,8 @@
 """Run upstream open-flamingo 2.0.1 (transformers 4.46) on a tiny model and dump its outputs.
 
-Runs inside a separate environment with `open-flamingo==2.0.1` (see `make upstream-venv`);
-tests/test_upstream_equivalence.py loads the dump into our implementation and compares.
+Runs with PYTHONPATH=.cache/upstream-site (open-flamingo 2.0.1, transformers 4.46.3, open_clip
+2.32; see `make upstream`); tests/test_upstream_equivalence.py loads the dump into our
+implementation and compares.
 
 Usage: python dump_upstream.py WORKDIR FAMILY [FAMILY ...]
 Writes WORKDIR/FAMILY/{lm,tokenizer}/ (the LM and tokenizer as upstream saw them) and
@@ -13,14 +14,15 @@ from pathlib import Path
 
 import open_clip
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM
 
-from open_flamingo import create_model_and_transforms
+from open_flamingo import create_model_and_transforms  # upstream's, from PYTHONPATH
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from byte_tokenizer import save_byte_tokenizer  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODEL_CONFIGS = HERE.parents[1] / "open_flamingo" / "model_configs"
-EOS = "<|endoftext|>"
 COMMON = dict(vocab_size=260, bos_token_id=256, eos_token_id=256)
 # Configs written with transformers 4.46 argument names.
 CONFIGS = {
@@ -117,18 +119,6 @@ XATTN_EVERY = {
     "mistral": 1,
     "qwen2": 4,
 }
-
-
-def save_byte_tokenizer(path: Path) -> None:
-    byte_tokens = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {token: i for i, token in enumerate(sorted(byte_tokens))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([EOS])
-    PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, bos_token=EOS).save_pretrained(
-        path
-    )
 
 
 def dump(family: str, workdir: Path) -> None:
