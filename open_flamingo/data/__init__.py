@@ -1,0 +1,1 @@
+"""Training data: storage (local / S3), corpus formats, sample building, resumable loading."""
