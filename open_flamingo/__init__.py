@@ -1,7 +1,22 @@
-"""OpenFlamingo on current torch / transformers 5.x, with OmniCorpus-style pre-training."""
+"""OpenFlamingo on current torch / transformers 5.x, with OmniCorpus-style pre-training.
 
-from .src.checkpoint import load_checkpoint, trainable_state_dict
-from .src.factory import create_model_and_transforms
-from .src.flamingo import Flamingo
+The model API is imported on first use, so `open_flamingo.data` and other submodules load
+without transformers / open_clip.
+"""
 
-__all__ = ["Flamingo", "create_model_and_transforms", "load_checkpoint", "trainable_state_dict"]
+import importlib
+
+_EXPORTS = {
+    "Flamingo": ".src.flamingo",
+    "create_model_and_transforms": ".src.factory",
+    "load_checkpoint": ".src.checkpoint",
+    "trainable_state_dict": ".src.checkpoint",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -40,6 +40,10 @@ class SkipCounter:
                 f": {detail}" if detail else "",
             )
 
+    def merge(self, other: "SkipCounter") -> None:
+        """Add another counter's counts (without logging them again)."""
+        self.counts.update(other.counts)
+
     def as_dict(self) -> dict[str, int]:
         return dict(self.counts)
 

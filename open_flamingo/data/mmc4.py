@@ -1,0 +1,155 @@
+"""MMC4 documents: images matched one-to-one to sentences, placed right before their sentence.
+
+A record holds `text_list` (sentences), `image_info` (one dict per image: `image_name`,
+`raw_url`, `matched_text_index`, `matched_sim`, ...; in OpenFlamingo's webdataset form also
+`image_base64`) and `similarity_matrix` (images x sentences). Images are assigned to sentences
+by the Hungarian algorithm (maximum total similarity) and assignments with similarity below the
+threshold are dropped. The upstream `matched_text_index` is not used.
+"""
+
+import base64
+import binascii
+import json
+import os
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .doc_types import ImageRef, InterleavedDoc, image_uri, require_field
+from .skips import SkipCounter, SkipSample
+from .storage import Location
+
+MMC4_SIM_THRESHOLD = 0.24
+# MMC4 skips images of "10 KB or less", measured as len(data) // 1000 <= 10, i.e. fewer than
+# 11,000 bytes.
+MMC4_MIN_IMAGE_BYTES = 11_000
+
+
+def match_images_to_sentences(similarity: np.ndarray, threshold: float) -> dict[int, int]:
+    """One-to-one image -> sentence assignment maximising the summed similarity.
+
+    Args:
+        similarity: (num_images, num_sentences) float array.
+        threshold: assignments with similarity < threshold are dropped.
+
+    Returns:
+        {sentence index: image index} for the kept assignments.
+    """
+    image_indices, sentence_indices = linear_sum_assignment(-similarity)
+    return {
+        int(sentence): int(image)
+        for image, sentence in zip(image_indices, sentence_indices, strict=True)
+        if similarity[image, sentence] >= threshold
+    }
+
+
+def parse_mmc4(
+    record: dict,
+    key: str,
+    image_prefix: "str | os.PathLike | Location",
+    sim_threshold: float = MMC4_SIM_THRESHOLD,
+) -> InterleavedDoc:
+    """An MMC4 `jsonl.zip` record -> InterleavedDoc; images are `image_prefix/<image_name>`.
+
+    The images are not fetched here, so all of them take part in the matching; the size rule
+    (MMC4_MIN_IMAGE_BYTES) applies when they are decoded (`decode_image(min_bytes=...)`).
+    """
+    sentences, infos, similarity = _mmc4_fields(record)
+    refs = []
+    for index, info in enumerate(infos):
+        name = info.get("image_name")
+        if not isinstance(name, str) or not name:
+            raise SkipSample("schema", f"image_info[{index}] has no image_name")
+        refs.append(ImageRef(uri=image_uri(image_prefix, name)))
+    return _interleave(key, sentences, refs, similarity, sim_threshold)
+
+
+def parse_mmc4_wds(
+    record: dict,
+    key: str,
+    sim_threshold: float = MMC4_SIM_THRESHOLD,
+    *,
+    min_image_bytes: int = MMC4_MIN_IMAGE_BYTES,
+    skips: SkipCounter | None = None,
+) -> InterleavedDoc:
+    """A sample of OpenFlamingo's MMC4 webdataset (`{"__key__", "json": bytes}`) ->
+    InterleavedDoc with inline images.
+
+    As upstream, images without `image_base64` or smaller than `min_image_bytes` are left out
+    before the matching; they are counted in `skips` ("missing_image", "small_image").
+    """
+    if "json" not in record:
+        raise SkipSample("schema", "no json member")
+    try:
+        doc = json.loads(record["json"].decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise SkipSample("non_utf8", f"json member: {error}") from error
+    except json.JSONDecodeError as error:
+        raise SkipSample("invalid_json", f"json member: {error}") from error
+    if not isinstance(doc, dict):
+        raise SkipSample("schema", f"json member is a {type(doc).__name__}, not an object")
+    sentences, infos, similarity = _mmc4_fields(doc)
+    refs, usable = [], []
+    for index, info in enumerate(infos):
+        encoded = info.get("image_base64")
+        if not isinstance(encoded, str):
+            _count(skips, "missing_image", f"{key} image_info[{index}] has no image_base64")
+            continue
+        try:
+            data = base64.b64decode(encoded)
+        except (binascii.Error, ValueError) as error:
+            raise SkipSample("schema", f"image_info[{index}].image_base64: {error}") from error
+        if len(data) < min_image_bytes:
+            _count(skips, "small_image", f"{key} image {index}: {len(data)} bytes")
+            continue
+        refs.append(ImageRef(data=data))
+        usable.append(index)
+    kept_rows = similarity[np.asarray(usable, dtype=np.intp)]
+    return _interleave(key, sentences, refs, kept_rows, sim_threshold)
+
+
+def _count(skips: SkipCounter | None, reason: str, detail: str) -> None:
+    if skips is not None:
+        skips.count(reason, detail)
+
+
+def _mmc4_fields(record: dict) -> tuple[list[str], list[dict], np.ndarray]:
+    """(sentences, image infos, (num_images, num_sentences) similarity), schema-checked."""
+    sentences = require_field(record, "text_list", list)
+    infos = require_field(record, "image_info", list)
+    if not all(isinstance(sentence, str) for sentence in sentences):
+        raise SkipSample("schema", "text_list holds a non-string")
+    if not all(isinstance(info, dict) for info in infos):
+        raise SkipSample("schema", "image_info holds a non-object")
+    rows = record.get("similarity_matrix")
+    if not infos:
+        return sentences, infos, np.zeros((0, len(sentences)))
+    try:
+        similarity = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise SkipSample("schema", f"similarity_matrix: {error}") from error
+    expected = (len(infos), len(sentences))
+    if similarity.shape != expected:
+        raise SkipSample("schema", f"similarity_matrix is {similarity.shape}, expected {expected}")
+    if not np.isfinite(similarity).all():
+        raise SkipSample("schema", "similarity_matrix holds NaN or infinity")
+    return sentences, infos, similarity
+
+
+def _interleave(
+    key: str,
+    sentences: list[str],
+    refs: list[ImageRef],
+    similarity: np.ndarray,
+    threshold: float,
+) -> InterleavedDoc:
+    """Sentences in order, each matched image right before its sentence."""
+    image_for_sentence = match_images_to_sentences(similarity, threshold)
+    doc = InterleavedDoc(key=key, texts=[], images=[])
+    for index, sentence in enumerate(sentences):
+        if index in image_for_sentence:
+            doc.texts.append(None)
+            doc.images.append(refs[image_for_sentence[index]])
+        doc.texts.append(sentence)
+        doc.images.append(None)
+    return doc

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs the system services that the test suite runs for real (Debian/Ubuntu, apt).
+# Idempotent: a service whose packages are all installed is skipped. Uses sudo only when not
+# root. One function per service; call them from main.
+#
+#   bash scripts/ci/install_services.sh
+set -euo pipefail
+
+SUDO=()
+if [[ "$(id -u)" != 0 ]]; then
+    SUDO=(sudo)
+fi
+APT_UPDATED=0
+
+# True when every named Debian package is installed.
+packages_installed() {
+    local package status
+    for package in "$@"; do
+        status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"
+        [[ "$status" == "install ok installed" ]] || return 1
+    done
+}
+
+# apt-get install the named packages unless they are all there (apt-get update once per run).
+apt_install() {
+    if packages_installed "$@"; then
+        echo "install_services: already installed: $*"
+        return 0
+    fi
+    if [[ "$APT_UPDATED" == 0 ]]; then
+        "${SUDO[@]}" apt-get update
+        APT_UPDATED=1
+    fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "$@"
+}
+
+# Ceph: a one-host cluster with a RADOS Gateway is the real S3 endpoint of the storage tests
+# (scripts/ceph_rgw.py runs it).
+install_ceph() {
+    apt_install ceph-mon ceph-osd radosgw ceph-common uuid-runtime
+}
+
+main() {
+    install_ceph
+}
+
+main "$@"

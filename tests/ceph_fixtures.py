@@ -1,0 +1,77 @@
+"""Fixtures for tests against a real S3 endpoint: a Ceph RADOS Gateway on loopback
+(scripts/ceph_rgw.py), started once per test session when a test asks for it."""
+
+import importlib.util
+import uuid
+
+import pytest
+
+from conftest import REPO, require
+from open_flamingo.data import storage
+
+
+def _load_ceph_rgw():
+    """scripts/ceph_rgw.py as a module (scripts/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("ceph_rgw", REPO / "scripts" / "ceph_rgw.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def rgw(tmp_path_factory):
+    """The running CephRGW. For the session, the standard AWS variables point at it and the
+    machine's own AWS config files and profile are hidden; storage's clients are reset on the
+    way in and out."""
+    ceph_rgw = _load_ceph_rgw()
+    missing = ceph_rgw.missing_binaries()
+    require(
+        not missing,
+        f"Ceph is not installed (missing {', '.join(missing)}): "
+        "run `bash scripts/ci/install_services.sh`",
+    )
+    cluster = ceph_rgw.CephRGW(tmp_path_factory.mktemp("ceph"))
+    cluster.start()
+    env = pytest.MonkeyPatch()
+    try:
+        for name, value in cluster.env().items():
+            env.setenv(name, value)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+            env.delenv(name, raising=False)
+        env.setenv("AWS_CONFIG_FILE", str(cluster.root / "no-aws-config"))
+        env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(cluster.root / "no-aws-credentials"))
+        storage.reset_clients()
+        yield cluster
+    finally:
+        env.undo()
+        storage.reset_clients()
+        cluster.stop()
+
+
+@pytest.fixture
+def s3_client_admin(rgw):
+    """A plain boto3 client of the gateway's user, independent of the code under test."""
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=rgw.endpoint_url,
+        aws_access_key_id=rgw.access_key,
+        aws_secret_access_key=rgw.secret_key,
+        region_name="us-east-1",
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_client_admin) -> str:
+    """A new empty bucket, as "s3://test-<random>"; emptied and removed afterwards."""
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client_admin.create_bucket(Bucket=name)
+    yield f"s3://{name}"
+    for page in s3_client_admin.get_paginator("list_objects_v2").paginate(Bucket=name):
+        keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+        if keys:
+            s3_client_admin.delete_objects(Bucket=name, Delete={"Objects": keys})
+    s3_client_admin.delete_bucket(Bucket=name)
