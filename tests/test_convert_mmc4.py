@@ -105,7 +105,7 @@ def test_convert_mmc4_to_wds(tmp_path, capsys):
     assert skips.as_dict() == {"missing_image": 1}
     # doc3 read back inline matches doc3 read from the image folder.
     inline = parse_mmc4_wds(samples[1], "k", 0.24)
-    from_files = parse_mmc4(doc3, "k", images, 0.24)
+    from_files, _ = parse_mmc4(doc3, "k", images, 0.24).match()
     assert inline.texts == from_files.texts == [None, "First.", "Second.", None, "Third."]
     assert [Path(r.uri).read_bytes() if r else None for r in from_files.images] == [
         r.data if r else None for r in inline.images

@@ -165,7 +165,7 @@ def mmc4_record(**overrides) -> dict:
 
 
 def test_mmc4_places_each_matched_image_before_its_sentence():
-    doc = parse_mmc4(mmc4_record(), "mmc4#3", "s3://mmc4/images", sim_threshold=0.24)
+    doc, _ = parse_mmc4(mmc4_record(), "mmc4#3", "s3://mmc4/images", sim_threshold=0.24).match()
     img0, img1 = (
         ImageRef(uri="s3://mmc4/images/img0.jpg"),
         ImageRef(uri="s3://mmc4/images/img1.jpg"),
@@ -176,7 +176,7 @@ def test_mmc4_places_each_matched_image_before_its_sentence():
         images=[img1, None, img0, None, None],
     )
     # A threshold above 0.8 drops image 0's pair and keeps image 1 (0.85).
-    doc = parse_mmc4(mmc4_record(), "k", "s3://mmc4/images", sim_threshold=0.84)
+    doc, _ = parse_mmc4(mmc4_record(), "k", "s3://mmc4/images", sim_threshold=0.84).match()
     assert doc.images == [img1, None, None, None]
     assert doc.texts == [None, "First sentence.", "Second sentence.", "Third sentence."]
 
@@ -203,7 +203,7 @@ def test_mmc4_schema_problems_raise_schema_skips(overrides, detail):
 
 
 def test_mmc4_doc_without_images_parses_to_text_only():
-    doc = parse_mmc4(mmc4_record(image_info=[], similarity_matrix=[]), "k", "/i", 0.24)
+    doc, _ = parse_mmc4(mmc4_record(image_info=[], similarity_matrix=[]), "k", "/i", 0.24).match()
     assert doc.texts == ["First sentence.", "Second sentence.", "Third sentence."]
     assert doc.num_images == 0
 

@@ -4,13 +4,17 @@ A record holds `text_list` (sentences), `image_info` (one dict per image: `image
 `raw_url`, `matched_text_index`, `matched_sim`, ...; in OpenFlamingo's webdataset form also
 `image_base64`) and `similarity_matrix` (images x sentences). Images are assigned to sentences
 by the Hungarian algorithm (maximum total similarity) and assignments with similarity below the
-threshold are dropped. The upstream `matched_text_index` is not used.
+threshold are dropped. As upstream, images that cannot be used (missing, 10 KB or less) are
+left out before the matching: the webdataset form knows them at parse time, the `jsonl.zip` form
+once the loader has fetched them (`Mmc4Candidates.match`). The upstream `matched_text_index` is
+not used.
 """
 
 import base64
 import binascii
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -43,17 +47,42 @@ def match_images_to_sentences(similarity: np.ndarray, threshold: float) -> dict[
     }
 
 
+@dataclass
+class Mmc4Candidates:
+    """An MMC4 `jsonl.zip` document before matching. Its images are fetched and decoded first,
+    so that the ones that cannot be used (missing, 10 KB or less) take no part in the matching,
+    as upstream drops them before assigning sentences."""
+
+    key: str
+    sentences: list[str]
+    images: list[ImageRef]
+    similarity: np.ndarray  # (num_images, num_sentences)
+    threshold: float
+
+    def match(self, decoded: list | None = None) -> tuple[InterleavedDoc, list]:
+        """Match the usable images (`decoded[i] is not None`; all when `decoded` is None) to
+        sentences. Returns the interleaved document and `decoded` aligned with its positions
+        (None at text positions)."""
+        decoded = list(self.images) if decoded is None else decoded
+        if len(decoded) != len(self.images):
+            raise ValueError(f"{len(decoded)} decoded images for {len(self.images)} in {self.key}")
+        kept = [i for i, item in enumerate(decoded) if item is not None]
+        rows = self.similarity[np.asarray(kept, dtype=np.intp)]
+        doc = _interleave(
+            self.key, self.sentences, [self.images[i] for i in kept], rows, self.threshold
+        )
+        by_ref = {id(self.images[i]): decoded[i] for i in kept}
+        return doc, [None if ref is None else by_ref[id(ref)] for ref in doc.images]
+
+
 def parse_mmc4(
     record: dict,
     key: str,
     image_prefix: "str | os.PathLike | Location",
     sim_threshold: float = MMC4_SIM_THRESHOLD,
-) -> InterleavedDoc:
-    """An MMC4 `jsonl.zip` record -> InterleavedDoc; images are `image_prefix/<image_name>`.
-
-    The images are not fetched here, so all of them take part in the matching; the size rule
-    (MMC4_MIN_IMAGE_BYTES) applies when they are decoded (`decode_image(min_bytes=...)`).
-    """
+) -> Mmc4Candidates:
+    """An MMC4 `jsonl.zip` record -> Mmc4Candidates; images are `image_prefix/<image_name>`.
+    The loader fetches and decodes them (with the MMC4_MIN_IMAGE_BYTES rule), then matches."""
     sentences, infos, similarity = _mmc4_fields(record)
     refs = []
     for index, info in enumerate(infos):
@@ -61,7 +90,7 @@ def parse_mmc4(
         if not isinstance(name, str) or not name:
             raise SkipSample("schema", f"image_info[{index}] has no image_name")
         refs.append(ImageRef(uri=image_uri(image_prefix, name)))
-    return _interleave(key, sentences, refs, similarity, sim_threshold)
+    return Mmc4Candidates(key, sentences, refs, similarity, sim_threshold)
 
 
 def parse_mmc4_wds(

@@ -24,6 +24,7 @@ import torch
 from . import storage
 from .documents import ImageRef, InterleavedDoc, PairDoc
 from .formats import DatasetFormat
+from .mmc4 import Mmc4Candidates
 from .samples import Sample, build_interleaved_sample, build_pair_sample, decode_image
 from .shards import iter_records
 from .skips import SkipCounter, SkipSample
@@ -197,7 +198,7 @@ class SlotStream:
         """Refill the look-ahead window and return its oldest document."""
         while len(self._window) < self.config.lookahead_docs:
             position, key, doc, doc_skips, seed = next(self._documents)
-            if isinstance(doc, InterleavedDoc):
+            if isinstance(doc, InterleavedDoc | Mmc4Candidates):
                 fetches = [self._fetch(ref) for ref in doc.images]
             elif isinstance(doc, PairDoc):
                 fetches = [self._fetch(doc.image)]
@@ -234,6 +235,8 @@ class SlotStream:
                 self.skips.count(doc.reason, f"{key}: {doc.detail}")
                 continue
             images = [self._image(f, fmt.min_image_bytes) for f in fetches]
+            if isinstance(doc, Mmc4Candidates):  # match only the images that can be used
+                doc, images = doc.match(images)
             try:
                 if isinstance(doc, PairDoc):
                     if images[0] is None:
@@ -244,6 +247,7 @@ class SlotStream:
                         self.tokenizer,
                         self.image_processor,
                         max_tokens=self.config.max_tokens,
+                        skips=self.skips,
                     )
                 return key, build_interleaved_sample(
                     doc,
