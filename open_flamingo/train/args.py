@@ -15,12 +15,15 @@ def _steps(text: str) -> list[int]:
     return [int(part) for part in text.replace(",", " ").split()]
 
 
-def build_parser(description: str = "OmniCorpus-style OpenFlamingo pre-training") -> argparse.ArgumentParser:
+def build_parser(
+    description: str = "OmniCorpus-style OpenFlamingo pre-training",
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     model = parser.add_argument_group("model")
     model.add_argument("--vision_encoder_path", default="ViT-L-14", help="open_clip model name")
     model.add_argument(
-        "--vision_encoder_pretrained", default="openai",
+        "--vision_encoder_pretrained",
+        default="openai",
         help="open_clip pretrained tag, a local weights file, or 'none' for random init",
     )
     model.add_argument("--lm_path", required=True, help="Hugging Face id, folder or .gguf file")
@@ -31,7 +34,8 @@ def build_parser(description: str = "OmniCorpus-style OpenFlamingo pre-training"
     model.add_argument("--freeze_lm_embeddings", action="store_true")
     model.add_argument("--gradient_checkpointing", action="store_true")
     model.add_argument(
-        "--load_from_pretrained", default=None,
+        "--load_from_pretrained",
+        default=None,
         help="an OpenFlamingo checkpoint (checkpoint.pt) to start from; not a resume",
     )
 
@@ -39,10 +43,16 @@ def build_parser(description: str = "OmniCorpus-style OpenFlamingo pre-training"
     data.add_argument("--interleaved_dataset", choices=INTERLEAVED_TYPES, default="omnicorpus")
     data.add_argument("--laion_dataset", choices=PAIR_TYPES, default="laion")
     for corpus in ("omnicorpus", "obelics", "mmc4", "laion"):
-        data.add_argument(f"--{corpus}_shards", default=None,
-                          help=f"{corpus} shards: folder, s3://bucket/prefix, manifest or brace pattern")
-        data.add_argument(f"--{corpus}_image_prefix", default=None,
-                          help=f"where {corpus} images referenced by URL / name are stored")
+        data.add_argument(
+            f"--{corpus}_shards",
+            default=None,
+            help=f"{corpus} shards: folder, s3://bucket/prefix, manifest or brace pattern",
+        )
+        data.add_argument(
+            f"--{corpus}_image_prefix",
+            default=None,
+            help=f"where {corpus} images referenced by URL / name are stored",
+        )
     data.add_argument("--batch_size_interleaved", type=int, default=8)
     data.add_argument("--batch_size_laion", type=int, default=16)
     data.add_argument("--max_tokens_interleaved", type=int, default=1024)
@@ -54,7 +64,9 @@ def build_parser(description: str = "OmniCorpus-style OpenFlamingo pre-training"
     data.add_argument("--mmc4_max_num_images", type=int, default=6)
     data.add_argument("--mmc4_textsim_threshold", type=float, default=0.24)
     data.add_argument("--dataset_resampled", action="store_true")
-    data.add_argument("--workers", type=int, default=4, help="data-loader workers per corpus and rank")
+    data.add_argument(
+        "--workers", type=int, default=4, help="data-loader workers per corpus and rank"
+    )
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--learning_rate", type=float, default=1e-4)
@@ -69,30 +81,52 @@ def build_parser(description: str = "OmniCorpus-style OpenFlamingo pre-training"
 
     run = parser.add_argument_group("run, checkpoints and logging")
     run.add_argument("--run_name", default="openflamingo")
-    run.add_argument("--external_save_dir", default=None,
-                     help="parent folder of the run folder (default: the current folder)")
+    run.add_argument(
+        "--external_save_dir",
+        default=None,
+        help="parent folder of the run folder (default: the current folder)",
+    )
     run.add_argument("--checkpointing_steps", type=int, default=1000)
-    run.add_argument("--special_checkpointing_steps", type=_steps, default=[],
-                     help="extra steps to checkpoint at (kept even with --delete_previous_checkpoint)")
+    run.add_argument(
+        "--special_checkpointing_steps",
+        type=_steps,
+        default=[],
+        help="extra steps to checkpoint at (kept even with --delete_previous_checkpoint)",
+    )
     run.add_argument("--delete_previous_checkpoint", action="store_true")
-    run.add_argument("--resume_from_checkpoint", default=None,
-                     help="a checkpoint folder, or 'latest' (the newest complete one of this run)")
+    run.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="a checkpoint folder, or 'latest' (the newest complete one of this run)",
+    )
     run.add_argument("--logging_steps", type=int, default=10)
     run.add_argument("--report_to_wandb", action="store_true")
     run.add_argument("--wandb_project", default=None)
     run.add_argument("--wandb_entity", default=None)
     run.add_argument("--offline", action="store_true", help="wandb in offline mode")
-    run.add_argument("--peak_tflops", type=float, default=None,
-                     help="accelerator peak (dense bf16) for MFU; known GPUs are looked up")
+    run.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="accelerator peak (dense bf16) for MFU; known GPUs are looked up",
+    )
     return parser
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
     """Reject combinations that cannot be honoured, with what to do instead."""
     positive = [
-        "batch_size_interleaved", "batch_size_laion", "max_tokens_interleaved", "max_tokens_laion",
-        "train_num_samples_interleaved", "train_num_samples_laion", "gradient_accumulation_steps",
-        "num_epochs", "checkpointing_steps", "logging_steps", "cross_attn_every_n_layers",
+        "batch_size_interleaved",
+        "batch_size_laion",
+        "max_tokens_interleaved",
+        "max_tokens_laion",
+        "train_num_samples_interleaved",
+        "train_num_samples_laion",
+        "gradient_accumulation_steps",
+        "num_epochs",
+        "checkpointing_steps",
+        "logging_steps",
+        "cross_attn_every_n_layers",
         "mmc4_max_num_images",
     ]
     for name in positive:
@@ -121,7 +155,9 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     interleaved_base = args.interleaved_dataset.removesuffix("_wds")
     laion_base = args.laion_dataset.removesuffix("_table")
     if getattr(args, f"{interleaved_base}_shards") is None:
-        parser.error(f"--interleaved_dataset {args.interleaved_dataset} needs --{interleaved_base}_shards")
+        parser.error(
+            f"--interleaved_dataset {args.interleaved_dataset} needs --{interleaved_base}_shards"
+        )
     if getattr(args, f"{laion_base}_shards") is None:
         parser.error(f"--laion_dataset {args.laion_dataset} needs --{laion_base}_shards")
     if args.tokenizer_path is None:
