@@ -1,0 +1,1 @@
+"""Training: `train_omnicorpus.py` (entry point), flags, loop, checkpoints, logging."""

@@ -1,0 +1,77 @@
+"""The Accelerator of a run: process group, precision and DeepSpeed settings derived from the flags.
+
+`accelerate launch --config_file accelerate_configs/<name>.yaml` chooses the backend (DDP, FSDP,
+DeepSpeed ZeRO stage and offload); everything that depends on the training flags (micro-batch,
+gradient accumulation, clipping, precision) is derived here, before the engine is built.
+"""
+
+import logging
+import os
+
+import torch
+from accelerate import Accelerator, DeepSpeedPlugin, InitProcessGroupKwargs
+
+logger = logging.getLogger(__name__)
+
+# --precision -> (accelerate mixed_precision, dtype of the model weights)
+PRECISION = {
+    "fp32": ("no", torch.float32),
+    "amp_bf16": ("bf16", torch.float32),  # float32 weights, bfloat16 autocast (upstream default)
+    "bf16": ("no", torch.bfloat16),  # pure bfloat16 weights, as upstream's "bf16"
+    "fp16": ("fp16", torch.float32),  # float32 weights, float16 autocast with loss scaling
+}
+
+
+def using_deepspeed() -> bool:
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def optimizer_offloaded() -> bool:
+    """The launch config offloads DeepSpeed's optimizer to CPU (the *_slurm / offload configs)."""
+    device = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
+    return using_deepspeed() and device == "cpu"
+
+
+def deepspeed_config(args) -> dict:
+    """The DeepSpeed config of this run. ZeRO stage and offload come from the accelerate
+    config (`accelerate launch` exports them); the rest from the flags. The micro-batch is the
+    samples of one step on one process: one interleaved batch plus one LAION batch."""
+    offload_optimizer = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
+    offload_param = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")
+    return {
+        "train_micro_batch_size_per_gpu": args.batch_size_interleaved + args.batch_size_laion,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "gradient_clipping": args.max_grad_norm,
+        "zero_optimization": {
+            "stage": int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1")),
+            "offload_optimizer": {"device": offload_optimizer},
+            "offload_param": {"device": offload_param},
+        },
+        # DeepSpeed keeps float32 master weights in its optimizer for both bf16 flags.
+        "bf16": {"enabled": args.precision in ("bf16", "amp_bf16")},
+        "fp16": {"enabled": args.precision == "fp16"},
+    }
+
+
+def make_accelerator(args, project_dir: str) -> Accelerator:
+    mixed_precision, _ = PRECISION[args.precision]
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launched and launched != mixed_precision:
+        logger.warning(
+            "The accelerate config asks for mixed_precision=%s; --precision %s wins (%s).",
+            launched,
+            args.precision,
+            mixed_precision,
+        )
+    handlers = []
+    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # multi-process CPU runs (tests, the demo): a gloo process group
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(args)) if using_deepspeed() else None
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision="no" if plugin is not None else mixed_precision,
+        deepspeed_plugin=plugin,
+        kwargs_handlers=handlers,
+        project_dir=project_dir,
+    )

@@ -1,0 +1,81 @@
+"""Run metrics: always a local `metrics.jsonl`, optionally wandb (online or offline), and the
+numbers that say how fast a step is (samples/s, tokens/s, MFU)."""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+# Dense bf16 peak, FLOP/s, by CUDA device name fragment (for MFU).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+
+
+def peak_flops(override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+class StepFlops:
+    """Counts the FLOPs of one training step (forward + backward), once, with FlopCounterMode."""
+
+    def __init__(self):
+        self.flops: int | None = None
+        self._mode: FlopCounterMode | None = None
+
+    def __enter__(self):
+        if self.flops is None:
+            self._mode = FlopCounterMode(display=False)
+            self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._mode is not None:
+            self._mode.__exit__(*exc)
+            self.flops = self._mode.get_total_flops()
+            self._mode = None
+
+
+class MetricsLogger:
+    """Writes one JSON row per logged step to `<run>/metrics.jsonl` (main process only) and
+    forwards the same numbers to wandb when asked."""
+
+    def __init__(self, run_dir: Path, accelerator, args):
+        self.accelerator = accelerator
+        self.path = run_dir / "metrics.jsonl"
+        self.wandb = bool(args.report_to_wandb)
+        if self.wandb:
+            if args.offline:
+                os.environ["WANDB_MODE"] = "offline"
+            os.environ.setdefault("WANDB_DIR", str(run_dir))
+            init = {"wandb": {"name": args.run_name, "dir": str(run_dir)}}
+            if args.wandb_entity:
+                init["wandb"]["entity"] = args.wandb_entity
+            accelerator.init_trackers(args.wandb_project, config=vars(args), init_kwargs=init)
+
+    def log(self, row: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.path, "a") as out:
+            out.write(json.dumps(row) + "\n")
+        if self.wandb:
+            self.accelerator.log({k: v for k, v in row.items() if v is not None}, step=row["step"])
+
+    def close(self) -> None:
+        if self.wandb:
+            self.accelerator.end_training()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; when a resumed run logged a step again, the last row wins."""
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"]] = row
+    return [rows[step] for step in sorted(rows)]

@@ -1,0 +1,59 @@
+"""Optimizer and learning-rate schedule, as upstream OpenFlamingo sets them up."""
+
+import torch
+from torch import nn
+from transformers import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+)
+
+
+def decays(name: str) -> bool:
+    """Upstream's rule: weight decay only on gated cross-attention weights that are not gates,
+    norms or biases (the perceiver and the embeddings get none)."""
+    return (
+        "gated_cross_attn_layer" in name
+        and "ff_gate" not in name
+        and "attn_gate" not in name
+        and "norm" not in name
+        and "bias" not in name
+    )
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    with_decay, without_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (with_decay if decays(name) else without_decay).append(param)
+    return [
+        {"params": with_decay, "weight_decay": weight_decay},
+        {"params": without_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(
+    model: nn.Module, learning_rate: float, weight_decay: float, cpu_offload: bool = False
+):
+    """AdamW over the trainable parameters: DeepSpeed's CPU Adam when the optimizer is offloaded
+    to CPU (accelerate_configs/*_slurm.yaml), else torch's (fused kernels on CUDA)."""
+    groups = parameter_groups(model, weight_decay)
+    if cpu_offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=learning_rate, adamw_mode=True)
+    fused = torch.cuda.is_available() and all(
+        p.is_cuda for p in model.parameters() if p.requires_grad
+    )
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
+
+
+def build_scheduler(optimizer, name: str, warmup_steps: int, total_steps: int):
+    """constant / linear / cosine, each after `warmup_steps` of linear warm-up."""
+    if name == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    if name == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    if name == "cosine":
+        return get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    raise ValueError(f"Unknown --lr_scheduler {name!r}")

@@ -1,0 +1,110 @@
+"""OmniCorpus-style OpenFlamingo pre-training: interleaved documents + LAION pairs.
+
+    accelerate launch --config_file accelerate_configs/accelerate_config_zero1_slurm.yaml \\
+        open_flamingo/train/train_omnicorpus.py --lm_path ... --omnicorpus_shards s3://... ...
+
+Every flag is honoured or rejected (open_flamingo/train/args.py); `main(argv)` can be called
+from a test with a list of flags.
+"""
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+from open_flamingo.data.loader import get_data
+from open_flamingo.src.checkpoint import load_checkpoint
+from open_flamingo.src.factory import create_model_and_transforms
+from open_flamingo.train.args import parse_args
+from open_flamingo.train.checkpointing import load_training_checkpoint, resolve_resume
+from open_flamingo.train.distributed import PRECISION, make_accelerator, optimizer_offloaded
+from open_flamingo.train.loop import Trainer, TrainerState, embedding_gradient_mask
+from open_flamingo.train.optim import build_optimizer, build_scheduler
+
+logger = logging.getLogger("open_flamingo.train")
+
+
+def build_loaders(args, image_processor, tokenizer, accelerator) -> dict:
+    args.world_size, args.rank = accelerator.num_processes, accelerator.process_index
+    loaders = {
+        "interleaved": get_data(
+            args, image_processor, tokenizer, args.interleaved_dataset
+        ).dataloader,
+        "laion": get_data(args, image_processor, tokenizer, args.laion_dataset).dataloader,
+    }
+    if len(loaders["interleaved"]) != len(loaders["laion"]):
+        per_batch = args.batch_size_laion * args.world_size
+        raise SystemExit(
+            "Each step takes one interleaved and one LAION batch, so both corpora need the same "
+            f"number of batches per epoch: interleaved has {len(loaders['interleaved'])}, LAION "
+            f"{len(loaders['laion'])}. Set --train_num_samples_laion to "
+            f"{len(loaders['interleaved']) * per_batch}."
+        )
+    return loaders
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    run_dir = Path(args.external_save_dir or ".") / args.run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = make_accelerator(args, str(run_dir))
+    logging.basicConfig(
+        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    set_seed(args.seed)
+
+    model, image_processor, tokenizer = create_model_and_transforms(
+        args.vision_encoder_path,
+        args.vision_encoder_pretrained,
+        args.lm_path,
+        args.tokenizer_path,
+        cross_attn_every_n_layers=args.cross_attn_every_n_layers,
+        decoder_layers_attr_name=args.decoder_layers_attr_name,
+        freeze_lm_embeddings=args.freeze_lm_embeddings,
+        gradient_checkpointing=args.gradient_checkpointing,
+        trust_remote_code=args.trust_remote_code,
+    )
+    if args.load_from_pretrained:
+        load_checkpoint(model, args.load_from_pretrained)
+    if not args.freeze_lm_embeddings:
+        embedding_gradient_mask(model, [model.media_token_id, model.eoc_token_id])
+    model.to(PRECISION[args.precision][1])
+
+    loaders = build_loaders(args, image_processor, tokenizer, accelerator)
+    total_steps = math.floor(
+        args.num_epochs * len(loaders["interleaved"]) / args.gradient_accumulation_steps
+    )
+    optimizer = build_optimizer(
+        model, args.learning_rate, args.weight_decay, cpu_offload=optimizer_offloaded()
+    )
+    scheduler = build_scheduler(optimizer, args.lr_scheduler, args.warmup_steps, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    state = TrainerState()
+    if args.resume_from_checkpoint:
+        path = resolve_resume(args.resume_from_checkpoint, run_dir)
+        if path is None:
+            logger.info("no checkpoint in %s yet: starting from scratch", run_dir)
+        else:
+            logger.info("resuming from %s", path)
+            saved = load_training_checkpoint(
+                accelerator, model, optimizer, scheduler, loaders, path
+            )
+            state = TrainerState(**saved)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(
+        "%d processes, %d trainable parameters, %d batches per epoch, %d optimizer steps",
+        accelerator.num_processes,
+        n_trainable,
+        len(loaders["interleaved"]),
+        total_steps,
+    )
+    Trainer(args, accelerator, model, optimizer, scheduler, loaders, run_dir, state).train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
