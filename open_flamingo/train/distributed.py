@@ -32,25 +32,19 @@ def optimizer_offloaded() -> bool:
     return using_deepspeed() and device == "cpu"
 
 
-def deepspeed_config(args) -> dict:
-    """The DeepSpeed config of this run. ZeRO stage and offload come from the accelerate
-    config (`accelerate launch` exports them); the rest from the flags. The micro-batch is the
-    samples of one step on one process: one interleaved batch plus one LAION batch."""
-    offload_optimizer = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
-    offload_param = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE", "none")
-    return {
-        "train_micro_batch_size_per_gpu": args.batch_size_interleaved + args.batch_size_laion,
-        "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "gradient_clipping": args.max_grad_norm,
-        "zero_optimization": {
-            "stage": int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "1")),
-            "offload_optimizer": {"device": offload_optimizer},
-            "offload_param": {"device": offload_param},
-        },
-        # DeepSpeed keeps float32 master weights in its optimizer for both bf16 flags.
-        "bf16": {"enabled": args.precision in ("bf16", "amp_bf16")},
-        "fp16": {"enabled": args.precision == "fp16"},
-    }
+def deepspeed_plugin(args) -> DeepSpeedPlugin:
+    """DeepSpeed settings of this run. ZeRO stage and offload come from the accelerate config
+    (`accelerate launch` exports them); gradient accumulation, clipping and the micro-batch from
+    the flags. The micro-batch is what one process consumes per micro-step: one interleaved
+    batch plus one LAION batch. Precision follows --precision through `mixed_precision`
+    (DeepSpeed keeps float32 master weights for both bf16 flags)."""
+    plugin = DeepSpeedPlugin(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_clipping=args.max_grad_norm,
+    )
+    micro_batch = args.batch_size_interleaved + args.batch_size_laion
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+    return plugin
 
 
 def make_accelerator(args, project_dir: str) -> Accelerator:
@@ -67,11 +61,14 @@ def make_accelerator(args, project_dir: str) -> Accelerator:
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # multi-process CPU runs (tests, the demo): a gloo process group
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    plugin = DeepSpeedPlugin(hf_ds_config=deepspeed_config(args)) if using_deepspeed() else None
+    plugin = deepspeed_plugin(args) if using_deepspeed() else None
+    if plugin is not None and args.precision == "bf16":
+        mixed_precision = "bf16"
     return Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision="no" if plugin is not None else mixed_precision,
+        mixed_precision=mixed_precision,
         deepspeed_plugin=plugin,
+        log_with="wandb" if args.report_to_wandb else None,
         kwargs_handlers=handlers,
         project_dir=project_dir,
     )

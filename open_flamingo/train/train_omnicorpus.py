@@ -96,8 +96,11 @@ def main(argv=None) -> int:
             state = TrainerState(**saved)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
-        "%d processes, %d trainable parameters, %d batches per epoch, %d optimizer steps",
+        "%s on %d processes (%s), %d trainable parameters, %d batches per epoch, "
+        "%d optimizer steps",
+        accelerator.distributed_type.value,
         accelerator.num_processes,
+        accelerator.device,
         n_trainable,
         len(loaders["interleaved"]),
         total_steps,

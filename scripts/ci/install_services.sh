@@ -41,8 +41,15 @@ install_ceph() {
     apt_install ceph-mon ceph-osd radosgw ceph-common uuid-runtime
 }
 
+# Slurm 22.05 with munge: scripts/slurm_cluster.py runs a throw-away controller and two
+# simulated nodes (multiple-slurmd) that the sbatch script's tests submit to.
+install_slurm() {
+    apt_install slurmd slurmctld slurm-client munge
+}
+
 main() {
     install_ceph
+    install_slurm
 }
 
 main "$@"

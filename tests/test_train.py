@@ -1,0 +1,331 @@
+"""train_omnicorpus.py: flags, the loop's arithmetic, checkpoints, DDP / DeepSpeed runs, exact
+resume after SIGKILL. Everything on CPU with a tiny model and the synthetic corpus."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import torch
+
+from byte_tokenizer import save_byte_tokenizer
+from conftest import REPO
+from open_flamingo import create_model_and_transforms, trainable_state_dict
+from open_flamingo.data.synthetic import write_synthetic_corpus
+from open_flamingo.train import checkpointing
+from open_flamingo.train.args import parse_args
+from open_flamingo.train.metrics import read_metrics
+from open_flamingo.train.train_omnicorpus import main
+from tiny_models import VISION_ENCODER, save_tiny_lm
+
+TRAIN_SCRIPT = REPO / "open_flamingo" / "train" / "train_omnicorpus.py"
+ACCELERATE = REPO / ".venv" / "bin" / "accelerate"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    write_synthetic_corpus(
+        str(root / "corpus"),
+        num_docs=48,
+        num_pairs=48,
+        num_eval=0,
+        docs_per_shard=12,
+        pairs_per_shard=12,
+        image_size=64,
+        seed=0,
+    )
+    return {
+        "root": root,
+        "lm": save_tiny_lm("llama", root / "lm"),
+        "tokenizer": save_byte_tokenizer(root / "tokenizer"),
+    }
+
+
+def argv(tiny, run_dir, **flags) -> list[str]:
+    corpus = tiny["root"] / "corpus"
+    base = {
+        "lm_path": tiny["lm"],
+        "tokenizer_path": tiny["tokenizer"],
+        "vision_encoder_path": VISION_ENCODER,
+        "vision_encoder_pretrained": "none",
+        "omnicorpus_shards": corpus / "interleaved",
+        "omnicorpus_image_prefix": corpus / "images",
+        "laion_shards": corpus / "pairs",
+        "batch_size_interleaved": 2,
+        "batch_size_laion": 2,
+        "max_tokens_interleaved": 96,
+        "max_tokens_laion": 32,
+        "train_num_samples_interleaved": 12,
+        "train_num_samples_laion": 12,
+        "precision": "fp32",
+        "workers": 0,
+        "external_save_dir": run_dir.parent,
+        "run_name": run_dir.name,
+        "checkpointing_steps": 2,
+        "logging_steps": 1,
+        "warmup_steps": 1,
+        "num_epochs": 1,
+        "learning_rate": 1e-3,
+        "seed": 3,
+    }
+    base.update(flags)
+    out = []
+    for key, value in base.items():
+        if value is True:
+            out.append(f"--{key}")
+        elif value is not False and value is not None:
+            out += [f"--{key}", str(value)]
+    return out
+
+
+# ---------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"batch_size_laion": 0}, "--batch_size_laion must be >= 1"),
+        ({"learning_rate": -1}, "--learning_rate must be a positive number"),
+        ({"precision": "int8"}, "invalid choice: 'int8'"),
+        ({"lr_scheduler": "step"}, "invalid choice: 'step'"),
+        ({"report_to_wandb": True}, "--report_to_wandb needs --wandb_project"),
+        ({"offline": True}, "--offline only apply with --report_to_wandb"),
+        ({"resume_from_checkpoint": "latest", "load_from_pretrained": "x.pt"}, "Use one"),
+        ({"interleaved_dataset": "mmc4"}, "needs --mmc4_shards"),
+        (
+            {"loss_multiplier_interleaved": 0, "loss_multiplier_laion": 0},
+            "nothing would be trained",
+        ),
+        ({"special_checkpointing_steps": "10,x"}, "invalid _steps value"),
+    ],
+)
+def test_invalid_flags_are_rejected_with_a_reason(flags, message, tiny, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv(tiny, tmp_path / "run", **flags))
+    assert message in capsys.readouterr().err
+
+
+def test_flags_of_the_seed_command_parse(tiny, tmp_path):
+    args = parse_args(
+        argv(
+            tiny,
+            tmp_path / "run",
+            special_checkpointing_steps="10,20 30",
+            dataset_resampled=True,
+            gradient_checkpointing=True,
+            freeze_lm_embeddings=True,
+            delete_previous_checkpoint=True,
+        )
+    )
+    assert args.special_checkpointing_steps == [10, 20, 30]
+    assert args.vision_encoder_pretrained is None and args.dataset_resampled
+
+
+def test_unequal_epochs_of_the_two_corpora_are_explained(tiny, tmp_path):
+    with pytest.raises(SystemExit, match="Set --train_num_samples_laion to 12"):
+        main(argv(tiny, tmp_path / "run", train_num_samples_laion=20))
+
+
+# ---------------------------------------------------------------- a single-process run
+
+
+def fresh_model(tiny):
+    torch.manual_seed(3)
+    model, _, _ = create_model_and_transforms(
+        VISION_ENCODER, None, str(tiny["lm"]), str(tiny["tokenizer"])
+    )
+    return model
+
+
+def test_single_process_run_honours_its_flags(tiny, tmp_path):
+    run = tmp_path / "single"
+    main(
+        argv(
+            tiny,
+            run,
+            lr_scheduler="cosine",
+            warmup_steps=1,
+            gradient_accumulation_steps=2,
+            special_checkpointing_steps="1",
+            delete_previous_checkpoint=True,
+            report_to_wandb=True,
+            wandb_project="tests",
+            offline=True,
+        )
+    )
+    rows = read_metrics(run / "metrics.jsonl")
+    # 6 micro-steps per epoch (12 samples / batch 2), 2 per optimizer step
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    # cosine after one warm-up step over 3 steps: lr(k) = lr * 0.5 * (1 + cos(pi * (k - 1) / 2))
+    expected_lr = [
+        1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (k - 1) / 2)).item()) for k in (1, 2, 3)
+    ]
+    assert [r["lr"] for r in rows] == pytest.approx(expected_lr)
+    # the special checkpoint of step 1 is kept, step 2's deleted, step 3 (the last) written
+    assert checkpointing.checkpoint_steps(run) == [1, 3]
+    assert (run / "latest").read_text() == "checkpoint-3"
+    assert list((run / "wandb").glob("offline-run-*"))
+    # the released-format export loads with load_state_dict(strict=False)
+    model = fresh_model(tiny)
+    before = model.lang_encoder.get_input_embeddings().weight.detach().clone()
+    result = model.load_state_dict(torch.load(run / "checkpoint-3" / "checkpoint.pt"), strict=False)
+    assert not result.unexpected_keys
+    assert not [k for k in result.missing_keys if "gated_cross_attn" in k or "perceiver" in k]
+    changed = (model.lang_encoder.get_input_embeddings().weight != before).any(dim=1)
+    assert changed.nonzero().flatten().tolist() == [257, 258]  # <|endofchunk|>, <image>
+
+
+def test_frozen_embeddings_bf16_and_load_from_pretrained(tiny, tmp_path):
+    model = fresh_model(tiny)
+    start = trainable_state_dict(model)
+    start["perceiver.latents"] = start["perceiver.latents"] + 5.0  # a recognisable start
+    torch.save(start, tmp_path / "start.pt")
+    run = tmp_path / "bf16"
+    main(
+        argv(
+            tiny,
+            run,
+            freeze_lm_embeddings=True,
+            precision="bf16",
+            gradient_checkpointing=True,
+            load_from_pretrained=tmp_path / "start.pt",
+            train_num_samples_interleaved=4,
+            train_num_samples_laion=4,
+        )
+    )
+    saved = torch.load(run / "checkpoint-2" / "checkpoint.pt")
+    assert saved["perceiver.latents"].dtype == torch.bfloat16
+    drift = (saved["perceiver.latents"].float() - start["perceiver.latents"]).abs().max()
+    assert drift < 0.1  # trained from the loaded weights (2 steps of lr 1e-3), not from init
+    embedding = saved["lang_encoder.model.embed_tokens.weight"]
+    assert torch.equal(
+        embedding, start["lang_encoder.model.embed_tokens.weight"].to(torch.bfloat16)
+    )
+
+
+def test_checkpoint_interrupted_while_written_leaves_latest_intact(tiny, tmp_path, monkeypatch):
+    run = tmp_path / "atomic"
+    main(argv(tiny, run))  # 6 steps: checkpoints 2, 4 and 6
+    assert (run / "latest").read_text() == "checkpoint-6"
+    real_save = torch.save
+
+    def dying_save(obj, path, *args, **kwargs):
+        if str(path).endswith("scheduler.pt"):
+            raise KeyboardInterrupt("killed while writing")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):  # redo steps 3-4, die while saving checkpoint-4
+        main(argv(tiny, run, resume_from_checkpoint=run / "checkpoint-2"))
+    monkeypatch.setattr(torch, "save", real_save)
+    assert (run / "latest").read_text() == "checkpoint-6"
+    assert [p.name for p in run.glob(".checkpoint-*.incomplete")] == [".checkpoint-4.incomplete"]
+    assert checkpointing.resolve_resume("latest", run) == run / "checkpoint-6"
+    main(argv(tiny, run, resume_from_checkpoint="latest", num_epochs=2))
+    assert not list(run.glob(".checkpoint-*.incomplete"))
+    assert checkpointing.checkpoint_steps(run) == [2, 4, 6, 8, 10, 12]
+
+
+# ---------------------------------------------------------------- multi-process runs
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch(tiny, run_dir, *, deepspeed=False, **flags) -> subprocess.Popen:
+    """`accelerate launch` of 2 CPU processes: DDP over gloo, or DeepSpeed ZeRO-1."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if deepspeed:
+        env.pop("ACCELERATE_USE_CPU", None)  # with it, accelerate silently runs DDP instead
+        config = [
+            "--config_file",
+            str(REPO / "accelerate_configs" / "accelerate_config_zero1.yaml"),
+        ]
+    else:
+        env["ACCELERATE_USE_CPU"] = "1"
+        config = ["--multi_gpu"]
+    command = [
+        str(ACCELERATE),
+        "launch",
+        *config,
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(free_port()),
+        str(TRAIN_SCRIPT),
+        *argv(tiny, run_dir, **flags),
+    ]
+    with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:  # the child keeps its copy
+        return subprocess.Popen(
+            command,
+            env=env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def finish(process: subprocess.Popen, run_dir, timeout=900) -> None:
+    code = process.wait(timeout=timeout)
+    log = (run_dir.parent / f"{run_dir.name}.log").read_text()
+    assert code == 0, log[-4000:]
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {row["step"]: row["loss"] for row in read_metrics(run_dir / "metrics.jsonl")}
+
+
+RESUME_FLAGS = dict(
+    train_num_samples_interleaved=24, train_num_samples_laion=24, checkpointing_steps=2, workers=1
+)  # 6 steps, 2 processes, 1 worker each
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ddp(tiny):
+    run = tiny["root"] / "ddp-uninterrupted"
+    finish(launch(tiny, run, **RESUME_FLAGS), run)
+    return losses(run)
+
+
+def test_ddp_run_killed_with_sigkill_resumes_exactly(tiny, uninterrupted_ddp):
+    assert sorted(uninterrupted_ddp) == [1, 2, 3, 4, 5, 6]
+    run = tiny["root"] / "ddp-killed"
+    process = launch(tiny, run, **RESUME_FLAGS)
+    deadline = time.monotonic() + 600
+    # kill once step 3 is logged: checkpoint-2 is complete, step 3 is lost
+    while time.monotonic() < deadline and 3 not in (
+        losses(run) if (run / "metrics.jsonl").exists() else {}
+    ):
+        assert process.poll() is None, (run.parent / f"{run.name}.log").read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert checkpointing.resolve_resume("latest", run) == run / "checkpoint-2"
+    finish(launch(tiny, run, resume_from_checkpoint="latest", **RESUME_FLAGS), run)
+    resumed = losses(run)
+    assert [resumed[s] for s in (3, 4, 5, 6)] == [uninterrupted_ddp[s] for s in (3, 4, 5, 6)]
+
+
+def test_deepspeed_zero1_matches_ddp_and_writes_sharded_optimizer(tiny, uninterrupted_ddp):
+    run = tiny["root"] / "zero1"
+    finish(launch(tiny, run, deepspeed=True, **RESUME_FLAGS, num_epochs=1), run)
+    log = (run.parent / f"{run.name}.log").read_text()
+    assert "DEEPSPEED on 2 processes" in log
+    got = losses(run)
+    assert got == pytest.approx(uninterrupted_ddp, rel=1e-5)
+    shards = sorted(p.name for p in (run / "checkpoint-6" / "deepspeed" / "state").iterdir())
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt" in shards
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in shards
+    assert not (run / "checkpoint-6" / "optimizer.pt").exists()
+    assert json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())["step"] == 6
