@@ -61,6 +61,7 @@ class Settings:
     batch_laion: int
     max_images: int  # images kept per interleaved document
     cross_attn_every_n_layers: int
+    freeze_lm_embeddings: bool
     learning_rate: float
     warmup_steps: int
     logging_steps: int
@@ -78,7 +79,8 @@ FULL = Settings(
     batch_laion=8,
     max_images=3,
     cross_attn_every_n_layers=10,
-    learning_rate=5e-4,
+    freeze_lm_embeddings=True,
+    learning_rate=1e-3,
     warmup_steps=10,
     logging_steps=5,
     checkpointing_steps=50,
@@ -92,6 +94,7 @@ QUICK = Settings(
     batch_laion=2,
     max_images=3,
     cross_attn_every_n_layers=1,
+    freeze_lm_embeddings=False,
     learning_rate=1e-3,
     warmup_steps=1,
     logging_steps=2,
@@ -252,6 +255,8 @@ def train_command(settings: Settings, lm: Path, corpus: dict, out: Path) -> tupl
         "no",
         "--dynamo_backend",
         "no",
+        "--num_cpu_threads_per_process",
+        str(max(1, (os.cpu_count() or 1) // settings.processes)),
     ]
     s = settings
     flags = {
@@ -288,6 +293,8 @@ def train_command(settings: Settings, lm: Path, corpus: dict, out: Path) -> tupl
     command = [*launch, str(TRAIN_SCRIPT)]
     for name, value in flags.items():
         command += [f"--{name}", str(value)]
+    if s.freeze_lm_embeddings:
+        command.append("--freeze_lm_embeddings")
     return command, env
 
 
@@ -303,8 +310,6 @@ def attributes(caption: str) -> dict[str, str | None]:
     found = {}
     for attribute, words in zip(ATTRIBUTES, (COLORS, SHAPES, SIZES, POSITIONS), strict=True):
         named = [word for word in words if f" {word} " in text]
-        if attribute == "position":
-            named = [word for word in named if all(word == o or word not in o for o in named)]
         found[attribute] = named[0] if len(named) == 1 else None
     return found
 
@@ -374,7 +379,9 @@ def print_caption_table(rows: list[dict]) -> None:
     print(header)
     print("-" * len(header))
     for index, row in enumerate(rows, 1):
-        generated = row["generated"] if len(row["generated"]) <= 44 else row["generated"][:41] + "..."
+        generated = (
+            row["generated"] if len(row["generated"]) <= 44 else row["generated"][:41] + "..."
+        )
         right = ",".join(a for a in ATTRIBUTES if row["hits"][a]) or "-"
         print(f"{index:>2}  {row['truth']:<{width}}  {generated or '(empty)':<44}  {right}")
     print("-" * len(header))
@@ -446,7 +453,9 @@ def main(argv: list[str] | None = None) -> dict:
     if status != 0:
         raise SystemExit(f"training failed (exit status {status}); command above")
     checkpoint = run_dir / (run_dir / "latest").read_text().strip() / "checkpoint.pt"
-    print(f"trained in {train_seconds:.0f} s; checkpoints: {sorted(p.name for p in run_dir.glob('checkpoint-*'))}")
+    print(
+        f"trained in {train_seconds:.0f} s; checkpoints: {sorted(p.name for p in run_dir.glob('checkpoint-*'))}"
+    )
 
     stages.begin(f"Captioning {settings.num_captions} held-out images with {checkpoint}")
     rows = caption_held_out(settings, lm, checkpoint, corpus)
@@ -463,7 +472,9 @@ def main(argv: list[str] | None = None) -> dict:
     logged = read_metrics(metrics)
     first, last = logged[0], logged[-1]
     print("\n==> Summary")
-    print(f"loss at step {first['step']}: {first['loss']:.3f}, at step {last['step']}: {last['loss']:.3f}")
+    print(
+        f"loss at step {first['step']}: {first['loss']:.3f}, at step {last['step']}: {last['loss']:.3f}"
+    )
     for name, seconds in stages.durations:
         print(f"  {seconds:6.1f} s  {name}")
     total = stages.elapsed()

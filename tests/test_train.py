@@ -14,6 +14,7 @@ import torch
 from byte_tokenizer import save_byte_tokenizer
 from conftest import REPO
 from open_flamingo import create_model_and_transforms, trainable_state_dict
+from open_flamingo.data.doc_types import image_object_name
 from open_flamingo.data.synthetic import write_synthetic_corpus
 from open_flamingo.train import checkpointing
 from open_flamingo.train.args import parse_args
@@ -101,6 +102,8 @@ def argv(tiny, run_dir, **flags) -> list[str]:
             "nothing would be trained",
         ),
         ({"special_checkpointing_steps": "10,x"}, "invalid _steps value"),
+        ({"fsdp": True}, "--fsdp is not a flag of this trainer"),
+        ({"dist-url": "env://"}, "the distributed set-up comes from `accelerate launch"),
     ],
 )
 def test_invalid_flags_are_rejected_with_a_reason(flags, message, tiny, tmp_path, capsys):
@@ -329,3 +332,59 @@ def test_deepspeed_zero1_matches_ddp_and_writes_sharded_optimizer(tiny, uninterr
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in shards
     assert not (run / "checkpoint-6" / "optimizer.pt").exists()
     assert json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())["step"] == 6
+
+
+# ---------------------------------------------------------------- OpenFlamingo's train.py
+
+
+def write_mmc4_wds(tiny, out) -> None:
+    """The synthetic docs in OpenFlamingo's MMC4 webdataset form (images over MMC4's 10 KB)."""
+    from test_convert_mmc4 import load_script
+    from test_data_formats import mmc4_record, with_comment, zip_bytes
+
+    corpus = tiny["root"] / "corpus"
+    (out / "docs").mkdir(parents=True)
+    (out / "images").mkdir()
+    lines = []
+    for shard in sorted((corpus / "interleaved").iterdir()):
+        for line in shard.read_text().splitlines():
+            record = json.loads(line)
+            doc, names = mmc4_record(record, len(lines))
+            urls = [url for url in record["images"] if url is not None]
+            for name, url in zip(names, urls, strict=True):
+                jpeg = (corpus / "images" / image_object_name(url)).read_bytes()
+                (out / "images" / name).write_bytes(with_comment(jpeg, 12_000))
+            lines.append(json.dumps(doc))
+    (out / "docs" / "mmc4.zip").write_bytes(zip_bytes({"mmc4.jsonl": "\n".join(lines).encode()}))
+    converter = load_script("convert_mmc4_to_wds")
+    converter.convert_mmc4_to_wds(str(out / "docs"), str(out / "images"), str(out / "wds"))
+
+
+def test_openflamingo_train_script_runs_mmc4_and_laion_with_upstream_flag_names(tiny, tmp_path):
+    from open_flamingo.train.train import main as train_main
+
+    write_mmc4_wds(tiny, tmp_path / "mmc4")
+    run = tmp_path / "of"
+    flags = argv(
+        tiny,
+        run,
+        omnicorpus_shards=None,
+        omnicorpus_image_prefix=None,
+        batch_size_interleaved=None,
+        train_num_samples_interleaved=None,
+    )
+    flags += [
+        "--mmc4_shards",
+        str(tmp_path / "mmc4" / "wds"),
+        "--batch_size_mmc4",
+        "2",
+        "--train_num_samples_mmc4",
+        "12",
+        "--loss_multiplier_mmc4",
+        "1.0",
+    ]
+    train_main(flags)
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert all(r["loss_interleaved"] > 0 for r in rows)
+    assert (run / "checkpoint-6" / "checkpoint.pt").is_file()

@@ -53,13 +53,18 @@ def build_parser(
             default=None,
             help=f"where {corpus} images referenced by URL / name are stored",
         )
-    data.add_argument("--batch_size_interleaved", type=int, default=8)
+    # OpenFlamingo's own train.py names the interleaved corpus "mmc4"; both names work.
+    data.add_argument("--batch_size_interleaved", "--batch_size_mmc4", type=int, default=8)
     data.add_argument("--batch_size_laion", type=int, default=16)
     data.add_argument("--max_tokens_interleaved", type=int, default=1024)
     data.add_argument("--max_tokens_laion", type=int, default=128)
-    data.add_argument("--train_num_samples_interleaved", type=int, default=10000)
+    data.add_argument(
+        "--train_num_samples_interleaved", "--train_num_samples_mmc4", type=int, default=10000
+    )
     data.add_argument("--train_num_samples_laion", type=int, default=20000)
-    data.add_argument("--loss_multiplier_interleaved", type=float, default=1.0)
+    data.add_argument(
+        "--loss_multiplier_interleaved", "--loss_multiplier_mmc4", type=float, default=1.0
+    )
     data.add_argument("--loss_multiplier_laion", type=float, default=0.2)
     data.add_argument("--mmc4_max_num_images", type=int, default=6)
     data.add_argument("--mmc4_textsim_threshold", type=float, default=0.24)
@@ -110,7 +115,30 @@ def build_parser(
         default=None,
         help="accelerator peak (dense bf16) for MFU; known GPUs are looked up",
     )
+    for flag in UPSTREAM_DISTRIBUTED_FLAGS:
+        run.add_argument(flag, nargs="?", action=_LaunchConfigFlag, help=argparse.SUPPRESS)
     return parser
+
+
+# OpenFlamingo's torchrun-era flags: here the distributed set-up is accelerate's.
+UPSTREAM_DISTRIBUTED_FLAGS = (
+    "--fsdp",
+    "--fsdp_use_orig_params",
+    "--fsdp_sharding_strategy",
+    "--horovod",
+    "--dist-url",
+    "--dist-backend",
+    "--no-set-device-rank",
+    "--save_checkpoints_to_wandb",
+)
+
+
+class _LaunchConfigFlag(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(
+            f"{option_string} is not a flag of this trainer: the distributed set-up comes from "
+            "`accelerate launch --config_file accelerate_configs/<ddp|fsdp|zero1|...>.yaml`."
+        )
 
 
 def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:

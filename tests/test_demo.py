@@ -1,0 +1,124 @@
+"""scripts/demo.py (`make demo`) end to end in its `--quick` mode: corpus, `accelerate launch`
+training, checkpoint loaded into a fresh model, captions of held-out images, loss curve."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = REPO / "scripts" / "demo.py"
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location("demo", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return out, result.stdout
+
+
+def test_quick_demo_trains_checkpoints_and_captions(quick_run):
+    out, stdout = quick_run
+    demo = load_demo()
+    settings = demo.QUICK
+    run = out / "run"
+
+    # every stage ran, in order
+    positions = [stdout.index(f"==> [{n}/5]") for n in range(1, 6)]
+    assert positions == sorted(positions)
+    assert "accelerate.commands.launch" in stdout and "train_omnicorpus.py" in stdout
+
+    # metrics.jsonl: one row per logging step, each with a finite loss
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = list(range(settings.logging_steps, settings.steps + 1, settings.logging_steps))
+    assert [row["step"] for row in rows] == steps
+    for row in rows:
+        for key in ("loss", "loss_interleaved", "loss_laion"):
+            assert math.isfinite(row[key])
+
+    # checkpoints every `checkpointing_steps` and at the end; "latest" names the last one
+    expected = {f"checkpoint-{s}" for s in range(3, settings.steps + 1, 3)}
+    assert {p.name for p in run.glob("checkpoint-*")} == expected
+    assert (run / "latest").read_text().strip() == f"checkpoint-{settings.steps}"
+    assert "loaded 0 trained tensors" not in stdout
+    assert f"checkpoint-{settings.steps}/checkpoint.pt" in stdout
+
+    # the table: a header, then one row per held-out query image with its true caption
+    queries = json.loads((out / "corpus" / "eval" / "captions.json").read_text())[2:]
+    assert len(queries) == settings.num_captions
+    lines = stdout.splitlines()
+    header = next(
+        i
+        for i, line in enumerate(lines)
+        if line.split()[:4] == ["#", "truth", "generated", "right"]
+    )
+    table = lines[header + 2 : header + 2 + settings.num_captions]
+    for number, (line, item) in enumerate(zip(table, queries, strict=True), 1):
+        assert line.split()[0] == str(number)
+        assert item["caption"] in line
+    assert lines[header + 3 + settings.num_captions].startswith("right: color ")
+
+    # the summary and the loss curve
+    first, last = rows[0]["loss"], rows[-1]["loss"]
+    assert f"loss at step {steps[0]}: {first:.3f}, at step {steps[-1]}: {last:.3f}" in stdout
+    assert "total wall time:" in stdout
+    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_attributes_read_from_captions():
+    attributes = load_demo().attributes
+    assert attributes("a large red circle in the top left") == {
+        "color": "red",
+        "shape": "circle",
+        "size": "large",
+        "position": "top left",
+    }
+    assert attributes("This is a small blue star in the center.") == {
+        "color": "blue",
+        "shape": "star",
+        "size": "small",
+        "position": "center",
+    }
+    # two colours, or none: not credited
+    said = attributes("a red and blue squares in the bottom")
+    assert said == {"color": None, "shape": None, "size": None, "position": None}
+
+
+def test_two_process_training_is_real_ddp_on_cpu(tmp_path):
+    """With 2 processes the launch is DDP over gloo (ACCELERATE_USE_CPU=1 + --multi_gpu); `--cpu
+    --num_processes 2` would silently run one process."""
+    demo = load_demo()
+    settings = demo.replace(demo.FULL, processes=2)
+    corpus = {
+        "interleaved_shards": [str(tmp_path / "interleaved" / "shard-00000.jsonl")],
+        "pair_shards": [str(tmp_path / "pairs" / "shard-00000.tar")],
+        "image_prefix": str(tmp_path / "images"),
+    }
+    command, env = demo.train_command(settings, tmp_path / "lm", corpus, tmp_path)
+    assert env["ACCELERATE_USE_CPU"] == "1"
+    assert "--multi_gpu" in command and "--cpu" not in command
+    assert command[command.index("--num_processes") + 1] == "2"
+    flags = dict(zip(command, command[1:], strict=False))  # flag -> the word after it
+    per_run = settings.steps * settings.processes
+    assert flags["--train_num_samples_interleaved"] == str(per_run * settings.batch_interleaved)
+    assert flags["--train_num_samples_laion"] == str(per_run * settings.batch_laion)
+    assert flags["--vision_encoder_pretrained"] == "none"
+    assert "--freeze_lm_embeddings" in command
