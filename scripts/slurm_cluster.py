@@ -313,6 +313,8 @@ class SlurmCluster:
             [
                 _which("munged"),
                 "--foreground",
+                # Accept a socket whose parent folders others cannot enter (pytest's 0700 temp
+                # folders): only this user's daemons and jobs talk to it.
                 "--force",
                 f"--socket={socket_path}",
                 f"--key-file={key}",
@@ -327,7 +329,7 @@ class SlurmCluster:
             if time.monotonic() > deadline:
                 raise SlurmClusterError(
                     f"munged did not create {socket_path} within {self.timeout_s} s\n"
-                    + _tail(self.root / "log/munged.log")
+                    + self._logs("munged")
                 )
             time.sleep(0.02)
 

@@ -24,7 +24,7 @@ CONFIGS = REPO / "accelerate_configs"
 VENV_BIN = Path(sys.executable).parent
 # The variables the sbatch script reads; a test sets the ones it means.
 SCRIPT_VARIABLES = ("ACCELERATE_CONFIG", "PROCESSES_PER_NODE", "MAIN_PROCESS_PORT")
-LAUNCHER_LINE = re.compile(r"^\[(node\d+)\] accelerate launch --machine_rank (\d+) ", re.M)
+LAUNCHER_LINE = re.compile(r"^\[(node\d+)\] accelerate launch --machine_rank (\d+)$", re.M)
 
 
 def sbatch(slurm, log: Path, args: list[str], env: dict | None = None, timeout: float = 300):
@@ -42,6 +42,7 @@ def sbatch(slurm, log: Path, args: list[str], env: dict | None = None, timeout: 
     submitted = re.search(r"Submitted batch job (\d+)", result.stdout)
     assert submitted, f"sbatch did not submit:\n{result.stdout}{result.stderr}"
     text = log.read_text() if log.exists() else "(no job log)"
+    print(f"--- job {submitted[1]} exited with {result.returncode}; its log: ---\n{text}")
     return result.returncode, int(submitted[1]), text
 
 

@@ -388,3 +388,46 @@ def test_openflamingo_train_script_runs_mmc4_and_laion_with_upstream_flag_names(
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(r["loss_interleaved"] > 0 for r in rows)
     assert (run / "checkpoint-6" / "checkpoint.pt").is_file()
+
+
+# ---------------------------------------------------------------- the loop's rules
+
+
+def test_weight_decay_only_on_cross_attention_weights(tiny):
+    from open_flamingo.train.optim import parameter_groups
+
+    model = fresh_model(tiny)
+    decayed, plain = parameter_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert decayed_names and all(".gated_cross_attn_layers." in n for n in decayed_names)
+    assert not [n for n in decayed_names if n.endswith(("gate", "bias")) or "norm" in n]
+    # upstream's rule is by name: the feed-forward's LayerNorm weight (`ff.0.weight`) has no
+    # "norm" in its name and is decayed there too; its bias is not
+    assert {
+        "attn.to_q.weight",
+        "attn.to_kv.weight",
+        "attn.to_out.weight",
+        "ff.0.weight",
+        "ff.1.weight",
+        "ff.3.weight",
+    } == {n.split(".", 3)[-1] for n in decayed_names}
+    plain_names = {names[id(p)] for p in plain["params"]}
+    assert "perceiver.latents" in plain_names
+    assert "lang_encoder.model.embed_tokens.weight" in plain_names
+    assert "lang_encoder.gated_cross_attn_layers.0.attn_gate" in plain_names
+
+
+def test_non_finite_losses_are_skipped_without_an_update(tiny, tmp_path, monkeypatch):
+    from open_flamingo.train.loop import Trainer
+
+    real_loss = Trainer._loss
+    monkeypatch.setattr(Trainer, "_loss", lambda self, batch: real_loss(self, batch) * torch.nan)
+    run = tmp_path / "nan"
+    main(argv(tiny, run, train_num_samples_interleaved=4, train_num_samples_laion=4))
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["nonfinite_skipped"] for r in rows] == [1, 2]
+    saved = torch.load(run / "checkpoint-2" / "checkpoint.pt")
+    initial = trainable_state_dict(fresh_model(tiny))
+    assert all(torch.equal(saved[k], initial[k]) for k in saved)

@@ -10,8 +10,9 @@ from transformers import (
 
 
 def decays(name: str) -> bool:
-    """Upstream's rule: weight decay only on gated cross-attention weights that are not gates,
-    norms or biases (the perceiver and the embeddings get none)."""
+    """Upstream's rule, by parameter name: weight decay only on gated cross-attention weights
+    whose names hold no gate, "norm" or "bias" (the perceiver and the embeddings get none). As
+    upstream, the feed-forward's LayerNorm weight (`ff.0.weight`) is therefore decayed."""
     return (
         "gated_cross_attn_layer" in name
         and "ff_gate" not in name
