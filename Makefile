@@ -14,7 +14,7 @@ UPSTREAM_SITE := .cache/upstream-site
 UPSTREAM_PKGS := open-flamingo==2.0.1 transformers==4.46.3 tokenizers==0.20.3 \
 	huggingface_hub==0.36.0 open_clip_torch==2.32.0 einops-exts==0.0.4
 
-.PHONY: test demo lint format assets upstream clean
+.PHONY: test demo lint format assets upstream nltk-data clean
 
 $(INSTALLED): setup.py requirements.txt requirements-training.txt requirements-eval.txt requirements-test.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ $(UPSTREAM_SITE)/.installed: | $(INSTALLED)
 assets: $(ASSETS)/COMPLETE
 upstream: $(UPSTREAM_SITE)/.installed
 
-test: $(INSTALLED) assets upstream
+# Offline WordNet for nltk (the OK-VQA stemmer), copied from Debian's wordnet-base.
+NLTK_DATA_DIR := .cache/nltk_data
+nltk-data: | $(INSTALLED)
+	$(PY) scripts/setup_nltk_data.py --out $(NLTK_DATA_DIR) --allow-missing
+
+test: $(INSTALLED) assets upstream nltk-data
 	$(PY) -m pytest tests
 
 # Train a small Flamingo (tiny ViT + the real SmolLM2-135M) on the synthetic shapes corpus on the

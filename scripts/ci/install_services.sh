@@ -47,9 +47,22 @@ install_slurm() {
     apt_install slurmd slurmctld slurm-client munge
 }
 
+# Evaluation metrics: WordNet 3.0 database files for nltk's lemmatizer (the OK-VQA stemmer;
+# scripts/setup_nltk_data.py copies them into .cache/nltk_data), and a Java runtime for
+# pycocoevalcap's PTB tokenizer (CIDEr).
+install_wordnet() {
+    apt_install wordnet-base wordnet-sense-index
+}
+
+install_eval_tools() {
+    install_wordnet
+    apt_install default-jre-headless
+}
+
 main() {
     install_ceph
     install_slurm
+    install_eval_tools
 }
 
 main "$@"
