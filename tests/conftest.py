@@ -9,7 +9,7 @@ import torch
 from byte_tokenizer import save_byte_tokenizer
 from tiny_models import FAMILIES, build_flamingo, save_tiny_lm
 
-pytest_plugins = ["ceph_fixtures", "slurm_fixtures"]
+pytest_plugins = ["ceph_fixtures", "slurm_fixtures", "eval_fixtures"]
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / ".cache" / "assets"
 IN_CI = os.environ.get("CI", "").lower() == "true"
