@@ -462,3 +462,15 @@ def test_cider_properties_and_errors(tmp_path, java):
     )
     with pytest.raises(ValueError, match="image_id 1 has more than one caption"):
         compute_cider(results, paths[1])
+
+
+def test_ptb_tokenizer_prerequisites_have_clear_errors(monkeypatch):
+    from open_flamingo.eval import coco_metric
+
+    monkeypatch.setattr(coco_metric.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match="apt-get install default-jre-headless"):
+        coco_metric.check_ptb_tokenizer()
+    monkeypatch.setattr(coco_metric.shutil, "which", lambda name: "/usr/bin/java")
+    monkeypatch.setattr(coco_metric.os, "access", lambda path, mode: False)
+    with pytest.raises(RuntimeError, match="temporary file beside its module.*not writable"):
+        coco_metric.check_ptb_tokenizer()
