@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 # Upstream's list (open_flamingo/eval/classification_utils.py, from wise-ft) is identical to
 # open_clip's, name for name (checked by tests/test_eval_datasets.py). It has 998 distinct names:
-# "crane" (bird 134, machine 517) and "maillot" (638, 639) appear twice, as upstream.
+# "missile" (657, 744) and "sunglasses" (836, 837) appear twice, as upstream.
 IMAGENET_CLASSNAMES: list[str] = list(_OPEN_CLIP_IMAGENET_CLASSNAMES)
 HM_CLASSNAMES: list[str] = ["no", "yes"]
 

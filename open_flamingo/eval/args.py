@@ -1,0 +1,141 @@
+"""Flags of `python -m open_flamingo.eval.evaluate`, with upstream OpenFlamingo's names."""
+
+import argparse
+
+from .eval_model import PRECISIONS
+
+# per-dataset path flags, as upstream names them
+DATASET_PATH_FLAGS = {
+    "flickr30": {
+        "flickr_image_dir_path": "the flickr30k_images folder",
+        "flickr_karpathy_json_path": "dataset_flickr30k.json (Karpathy split)",
+        "flickr_annotations_json_path": "dataset_flickr30k_coco_style.json (references)",
+    },
+    "coco": {
+        "coco_train_image_dir_path": "the train2014 image folder",
+        "coco_val_image_dir_path": "the val2014 image folder",
+        "coco_karpathy_json_path": "dataset_coco.json (Karpathy split)",
+        "coco_annotations_json_path": "captions_val2014.json (references)",
+    },
+    **{
+        name: {
+            f"{name}_{split}_{kind}": f"{label} {split} {text}"
+            for split in ("train", "test")
+            for kind, text in (
+                ("image_dir_path", "image folder"),
+                ("questions_json_path", "questions JSON"),
+                ("annotations_json_path", "annotations JSON"),
+            )
+        }
+        for name, label in (("vqav2", "VQAv2"), ("ok_vqa", "OK-VQA"), ("vizwiz", "VizWiz"))
+    },
+    "textvqa": {
+        "textvqa_image_dir_path": "the TextVQA image folder (both splits)",
+        "textvqa_train_questions_json_path": "TextVQA train questions JSON",
+        "textvqa_train_annotations_json_path": "TextVQA train annotations JSON",
+        "textvqa_test_questions_json_path": "TextVQA test questions JSON",
+        "textvqa_test_annotations_json_path": "TextVQA test annotations JSON",
+    },
+    "imagenet": {"imagenet_root": "ImageNet root with train/ and val/ class folders"},
+    "hateful_memes": {
+        "hateful_memes_image_dir_path": "the img/ folder",
+        "hateful_memes_train_annotations_json_path": "train.jsonl",
+        "hateful_memes_test_annotations_json_path": "dev_seen.jsonl (or another labelled split)",
+    },
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m open_flamingo.eval.evaluate",
+        description="Few-shot evaluation of OpenFlamingo models, as OpenFlamingo evaluates them.",
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default="open_flamingo", choices=["open_flamingo"])
+    model.add_argument("--vision_encoder_path", default="ViT-L-14")
+    model.add_argument(
+        "--vision_encoder_pretrained", default="openai", help="open_clip tag, file, or 'none'"
+    )
+    model.add_argument("--lm_path", required=True, help="HF id or folder of the language model")
+    model.add_argument("--lm_tokenizer_path", default=None, help="default: --lm_path")
+    model.add_argument("--checkpoint_path", default=None, help="OpenFlamingo checkpoint.pt")
+    model.add_argument("--cross_attn_every_n_layers", type=int, default=1)
+    model.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    model.add_argument(
+        "--trust_remote_code", action="store_true", help="allow HF remote code (e.g. MPT-1B)"
+    )
+
+    trials = parser.add_argument_group("trials")
+    trials.add_argument("--results_file", default=None, help="JSON file for the results")
+    trials.add_argument(
+        "--predictions_dir", default=None, help="keep every trial's predictions JSON here"
+    )
+    trials.add_argument("--shots", nargs="+", type=int, default=[0, 4, 8, 16, 32])
+    trials.add_argument("--num_trials", type=int, default=1)
+    trials.add_argument("--trial_seeds", nargs="+", type=int, default=[42])
+    trials.add_argument("--num_samples", type=int, default=-1, help="test queries; -1: all")
+    trials.add_argument("--query_set_size", type=int, default=2048)
+    trials.add_argument("--batch_size", type=int, default=8)
+    trials.add_argument(
+        "--no_caching_for_classification",
+        action="store_true",
+        help="score each class name over the whole prompt instead of a shared KV cache",
+    )
+    trials.add_argument(
+        "--classification_prompt_ensembling",
+        action="store_true",
+        help="average class log-likelihoods over up to 6 orders of the demonstrations",
+    )
+    trials.add_argument(
+        "--vqa_accuracy_rule",
+        default="upstream",
+        choices=["upstream", "official"],
+        help="upstream OpenFlamingo's VQA normalisation (default) or the official VQA code's",
+    )
+    trials.add_argument("--rices", action="store_true", help="demonstrations by CLIP similarity")
+    trials.add_argument("--rices_vision_encoder_path", default="ViT-L-14")
+    trials.add_argument("--rices_vision_encoder_pretrained", default="openai")
+    trials.add_argument(
+        "--cached_demonstration_features",
+        default=None,
+        help="folder of <dataset>.pkl RICES features (scripts/cache_rices_features.py)",
+    )
+
+    datasets = parser.add_argument_group("datasets")
+    for name in DATASET_PATH_FLAGS:
+        datasets.add_argument(f"--eval_{name}", action="store_true", help=f"evaluate {name}")
+    add_dataset_path_flags(parser)
+
+    launch = parser.add_argument_group("distributed (torchrun / accelerate launch)")
+    launch.add_argument("--dist-url", dest="dist_url", default="env://")
+    launch.add_argument("--dist-backend", dest="dist_backend", default=None, help="default: auto")
+    launch.add_argument("--no-set-device-rank", dest="no_set_device_rank", action="store_true")
+    launch.add_argument("--horovod", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def add_dataset_path_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("dataset paths")
+    for flags in DATASET_PATH_FLAGS.values():
+        for flag, text in flags.items():
+            group.add_argument(f"--{flag}", default=None, help=text)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.horovod:
+        parser.error("--horovod is not supported: launch with torchrun or accelerate launch")
+    if len(args.trial_seeds) != args.num_trials:
+        parser.error(
+            f"--trial_seeds has {len(args.trial_seeds)} seed(s) for --num_trials {args.num_trials}"
+        )
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    if any(shot < 0 for shot in args.shots):
+        parser.error("--shots must be >= 0")
+    if not any(getattr(args, f"eval_{name}") for name in DATASET_PATH_FLAGS):
+        parser.error(
+            f"choose at least one of {', '.join('--eval_' + n for n in DATASET_PATH_FLAGS)}"
+        )
+    return args
