@@ -49,6 +49,8 @@ class EvalModel:
         pretrained = args.vision_encoder_pretrained
         if pretrained is not None and pretrained.lower() in ("", "none"):
             pretrained = None
+        # the same weights on every process, also where some are randomly initialised
+        torch.manual_seed(0)
         model, image_processor, tokenizer = create_model_and_transforms(
             args.vision_encoder_path,
             pretrained,
@@ -158,7 +160,7 @@ class EvalModel:
         try:
             with self.autocast():
                 if use_cache:
-                    scores = self._score_with_cache(ctx_ids, ctx_mask, class_tokens)
+                    scores = self._score_with_cache(ctx_ids, ctx_mask, vision_x, class_tokens)
                 else:
                     scores = self._score_without_cache(ctx_ids, ctx_mask, class_tokens)
         finally:
@@ -179,7 +181,24 @@ class EvalModel:
             columns.append(logprobs.sum(1).cpu())
         return torch.stack(columns, dim=1)  # (B, C) summed log-probs
 
-    def _score_with_cache(self, ctx_ids, ctx_mask, class_tokens) -> torch.Tensor:
+    def _condition_on_last_image(self, ctx_ids: torch.Tensor, vision_x: torch.Tensor) -> None:
+        """Cache only each prompt's last image for the class names that follow it.
+
+        Tokens after the last `<image>` attend to that image only (only_attend_immediate_media),
+        so the result is unchanged, and the cross-attention of the (query, class) rows does not
+        project the keys / values of every demonstration image (T times less work)."""
+        blocks = [b for b in self.model.lang_encoder.gated_cross_attn_layers if b is not None]
+        if not all(block.attn.only_attend_immediate_media for block in blocks):
+            return
+        counts = (ctx_ids == self.model.media_token_id).sum(dim=1)  # (B,) images per prompt
+        if (counts == 0).any() or (counts > vision_x.shape[1]).any():
+            return
+        rows = torch.arange(len(counts), device=counts.device)
+        last_image = vision_x[rows, counts - 1][:, None]  # (B, 1, 1, C, H, W)
+        one_image = torch.full_like(ctx_ids[:, :1], self.model.media_token_id)  # (B, 1)
+        self.model.cache_media(input_ids=one_image, vision_x=last_image)
+
+    def _score_with_cache(self, ctx_ids, ctx_mask, vision_x, class_tokens) -> torch.Tensor:
         b, ctx_len = ctx_ids.shape
         out = self.model(None, ctx_ids, ctx_mask, clear_conditioned_layers=False, use_cache=True)
         ctx_cache = out.past_key_values
@@ -187,6 +206,7 @@ class EvalModel:
         if ctx_cache is None or ctx_cache.get_seq_length() != ctx_len:
             logger.warning("This LM's KV cache cannot be shared; scoring without it.")
             return self._score_without_cache(ctx_ids, ctx_mask, class_tokens)
+        self._condition_on_last_image(ctx_ids, vision_x)
 
         num_classes, longest = len(class_tokens), max(len(t) for t in class_tokens)
         cache_bytes = sum(
