@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from eval_cli_fixtures import one_thread  # noqa: F401 (autouse fixture)
 from PIL import Image
 
 from open_flamingo.eval.eval_model import EvalModel

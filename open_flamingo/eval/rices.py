@@ -33,6 +33,7 @@ def clip_image_encoder(
     """An open_clip model's `encode_image`, L2-normalised, as a function of PIL images."""
     if vision_encoder_pretrained is not None and vision_encoder_pretrained.lower() in ("", "none"):
         vision_encoder_pretrained = None
+    torch.manual_seed(0)  # identical weights on every process when randomly initialised
     model, _, preprocess = open_clip.create_model_and_transforms(
         vision_encoder_path, pretrained=vision_encoder_pretrained
     )
