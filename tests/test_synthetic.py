@@ -267,3 +267,29 @@ def test_cli_writes_gzip_shards_and_rejects_bad_sizes(tmp_path, capsys):
         cli.main(["--out", str(tmp_path / "x"), "--image-size", "0"])
     assert exited.value.code == 2
     assert "--image-size must be at least 1" in capsys.readouterr().err
+
+
+def test_eval_split_in_the_flickr30k_layout_reads_back(corpus):
+    from open_flamingo.eval.eval_datasets import CaptionDataset
+
+    eval_root = Path(corpus["eval_json"]).parent
+    items = json.loads(Path(corpus["eval_json"]).read_text())
+    annotations = json.loads((eval_root / "annotations.json").read_text())
+    splits = {
+        is_train: CaptionDataset(
+            eval_root / "images", eval_root / "karpathy.json", is_train, "flickr"
+        )
+        for is_train in (True, False)
+    }
+    assert len(splits[True]) == len(splits[False]) == len(items) // 2
+    read = [splits[True][i] for i in range(10)] + [splits[False][i] for i in range(10)]
+    for item, example in zip(items, read, strict=True):
+        assert example["image_id"] == item["id"]
+        assert example["caption"] == item["caption"]
+        assert np.array_equal(
+            np.asarray(example["image"]),
+            np.asarray(decode_image((eval_root / item["file_name"]).read_bytes())),
+        )
+    captions = {a["image_id"]: a["caption"] for a in annotations["annotations"]}
+    assert captions == {item["id"]: item["caption"] for item in items}
+    assert [image["id"] for image in annotations["images"]] == [item["id"] for item in items]

@@ -10,7 +10,10 @@ image is predictable from the image: a real signal that a tiny Flamingo can lear
   followed by a text about it; image objects under `images/<sha256(url)>`;
 - `pairs/shard-NNNNN.tar`: img2dataset-style webdataset pairs (`.jpg`, `.txt`, `.json`);
 - `eval/captions.json` + `eval/images/<id>.jpg`: a held-out split whose images differ from every
-  training image;
+  training image. The same split is also written in the Flickr30k layout that the evaluation
+  reads (`python -m open_flamingo.eval.evaluate --eval_flickr30`): `eval/karpathy.json`, whose
+  first half is the "train" split (the demonstrations) and second half the "test" split (the
+  queries), and `eval/annotations.json`, the COCO-style captions that CIDEr compares against;
 - `corpus.json`: what was written (also returned). It is not a shard manifest: give the loader
   the `interleaved/` and `pairs/` folders and the `images/` prefix.
 """
@@ -256,7 +259,35 @@ class _CorpusWriter:
             self.write(self.root.join("eval", file_name), jpeg)
             items.append({"id": item_id, "file_name": file_name, "caption": spec.caption})
             items[-1].update(asdict(spec))
+        for name, content in caption_eval_layout(items).items():
+            self.write(self.root.join("eval", name), json.dumps(content).encode())
         return self.write(self.root.join("eval", "captions.json"), json.dumps(items).encode())
+
+
+def caption_eval_layout(items: list[dict]) -> dict[str, dict]:
+    """The eval split as Flickr30k files: {"karpathy.json": Karpathy split, "annotations.json":
+    COCO-style captions}. Image ids are the file names without extension, as the Flickr30k
+    reader derives them; the first half of the items is "train", the rest "test"."""
+    num_train = len(items) // 2
+    images, annotations = [], []
+    for index, item in enumerate(items):
+        file_name = item["file_name"].rsplit("/", 1)[-1]
+        images.append(
+            {
+                "filename": file_name,
+                "filepath": "images",
+                "split": "train" if index < num_train else "test",
+                "sentences": [{"raw": item["caption"]}],
+            }
+        )
+        annotations.append({"image_id": item["id"], "id": index, "caption": item["caption"]})
+    return {
+        "karpathy.json": {"images": images, "dataset": "flickr30k"},
+        "annotations.json": {
+            "images": [{"id": item["id"]} for item in items],
+            "annotations": annotations,
+        },
+    }
 
 
 def write_synthetic_corpus(
