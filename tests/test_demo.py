@@ -43,9 +43,12 @@ def test_quick_demo_trains_checkpoints_and_captions(quick_run):
     run = out / "run"
 
     # every stage ran, in order
-    positions = [stdout.index(f"==> [{n}/5]") for n in range(1, 6)]
+    positions = [stdout.index(f"==> [{n}/6]") for n in range(1, 7)]
     assert positions == sorted(positions)
     assert "accelerate.commands.launch" in stdout and "train_omnicorpus.py" in stdout
+    # training reads the saved random-init vision encoder (captioning loads the same file)
+    vision = out / "vision" / f"{demo.VISION_ENCODER}-random-seed0.pt"
+    assert vision.is_file() and f"--vision_encoder_pretrained {vision} " in stdout
 
     # metrics.jsonl: one row per logging step, each with a finite loss
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -119,7 +122,8 @@ def test_two_process_training_is_real_ddp_on_cpu(tmp_path):
         "pair_shards": [str(tmp_path / "pairs" / "shard-00000.tar")],
         "image_prefix": str(tmp_path / "images"),
     }
-    command, env = demo.train_command(settings, tmp_path / "lm", corpus, tmp_path)
+    vision = tmp_path / "vision.pt"
+    command, env = demo.train_command(settings, tmp_path / "lm", vision, corpus, tmp_path)
     assert env["ACCELERATE_USE_CPU"] == "1"
     assert "--multi_gpu" in command and "--cpu" not in command
     assert command[command.index("--num_processes") + 1] == "2"
@@ -127,5 +131,5 @@ def test_two_process_training_is_real_ddp_on_cpu(tmp_path):
     per_run = settings.steps * settings.processes
     assert flags["--train_num_samples_interleaved"] == str(per_run * settings.batch_interleaved)
     assert flags["--train_num_samples_laion"] == str(per_run * settings.batch_laion)
-    assert flags["--vision_encoder_pretrained"] == "none"
+    assert flags["--vision_encoder_pretrained"] == str(vision)
     assert "--freeze_lm_embeddings" in command

@@ -2,6 +2,7 @@
 resume after SIGKILL. Everything on CPU with a tiny model and the synthetic corpus."""
 
 import json
+import math
 import os
 import signal
 import socket
@@ -243,15 +244,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(tiny, run_dir, *, deepspeed=False, **flags) -> subprocess.Popen:
-    """`accelerate launch` of 2 CPU processes: DDP over gloo, or DeepSpeed ZeRO-1."""
+def launch(tiny, run_dir, *, deepspeed_config=None, **flags) -> subprocess.Popen:
+    """`accelerate launch` of 2 CPU processes: DDP over gloo, or DeepSpeed with the named
+    accelerate config."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    if deepspeed:
+    if deepspeed_config:
         env.pop("ACCELERATE_USE_CPU", None)  # with it, accelerate silently runs DDP instead
-        config = [
-            "--config_file",
-            str(REPO / "accelerate_configs" / "accelerate_config_zero1.yaml"),
-        ]
+        # DeepSpeed's CPU ops (communication, CPU Adam) are built once into this checkout's cache
+        env.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+        config = ["--config_file", str(REPO / "accelerate_configs" / deepspeed_config)]
     else:
         env["ACCELERATE_USE_CPU"] = "1"
         config = ["--multi_gpu"]
@@ -322,7 +323,8 @@ def test_ddp_run_killed_with_sigkill_resumes_exactly(tiny, uninterrupted_ddp):
 
 def test_deepspeed_zero1_matches_ddp_and_writes_sharded_optimizer(tiny, uninterrupted_ddp):
     run = tiny["root"] / "zero1"
-    finish(launch(tiny, run, deepspeed=True, **RESUME_FLAGS, num_epochs=1), run)
+    config = "accelerate_config_zero1.yaml"
+    finish(launch(tiny, run, deepspeed_config=config, **RESUME_FLAGS, num_epochs=1), run)
     log = (run.parent / f"{run.name}.log").read_text()
     assert "DEEPSPEED on 2 processes" in log
     got = losses(run)
@@ -332,6 +334,25 @@ def test_deepspeed_zero1_matches_ddp_and_writes_sharded_optimizer(tiny, uninterr
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in shards
     assert not (run / "checkpoint-6" / "optimizer.pt").exists()
     assert json.loads((run / "checkpoint-6" / "trainer_state.json").read_text())["step"] == 6
+
+
+def test_zero1_slurm_config_offloads_the_optimizer_to_cpu_adam(tiny, uninterrupted_ddp):
+    """The seed's config (ZeRO-1, optimizer offloaded to DeepSpeed's CPU Adam), here with its
+    machine and process counts overridden to 2 processes on this machine, as the sbatch script
+    overrides them."""
+    run = tiny["root"] / "zero1-slurm"
+    config = "accelerate_config_zero1_slurm.yaml"
+    finish(launch(tiny, run, deepspeed_config=config, **RESUME_FLAGS, num_epochs=1), run)
+    log = (run.parent / f"{run.name}.log").read_text()
+    assert "DEEPSPEED on 2 processes" in log and "optimizer steps of DeepSpeedCPUAdam" in log
+    got = losses(run)
+    assert sorted(got) == [1, 2, 3, 4, 5, 6] and all(math.isfinite(v) for v in got.values())
+    # The first two steps equal DDP's. Later steps drift (1.3% at step 6) once clipping engages
+    # (DDP's grad norm 4.6 at step 4): DeepSpeed's offloaded clipping on the CPU accelerator
+    # is not yet understood (README, Training: known issue).
+    assert [got[1], got[2]] == pytest.approx([uninterrupted_ddp[1], uninterrupted_ddp[2]], rel=1e-5)
+    shards = sorted(p.name for p in (run / "checkpoint-6" / "deepspeed" / "state").iterdir())
+    assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" in shards
 
 
 # ---------------------------------------------------------------- OpenFlamingo's train.py

@@ -81,6 +81,7 @@ def main(argv=None) -> int:
         model, args.learning_rate, args.weight_decay, cpu_offload=optimizer_offloaded()
     )
     scheduler = build_scheduler(optimizer, args.lr_scheduler, args.warmup_steps, total_steps)
+    optimizer_name = type(optimizer).__name__
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainerState()
@@ -97,13 +98,14 @@ def main(argv=None) -> int:
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "%s on %d processes (%s), %d trainable parameters, %d batches per epoch, "
-        "%d optimizer steps",
+        "%d optimizer steps of %s",
         accelerator.distributed_type.value,
         accelerator.num_processes,
         accelerator.device,
         n_trainable,
         len(loaders["interleaved"]),
         total_steps,
+        optimizer_name,
     )
     Trainer(args, accelerator, model, optimizer, scheduler, loaders, run_dir, state).train()
     return 0
