@@ -50,6 +50,7 @@ ACCELERATE_CONFIGS = REPO / "accelerate_configs"
 SMOLLM2_GGUF = REPO / ".cache" / "assets" / "smollm2-135m" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 VISION_ENCODER = "ViT-Tiny-16"  # open_flamingo/model_configs: 64 px images, 2 layers, width 64
 NUM_SHOTS = 2  # solved examples before each query image
+EVAL_ITEMS = 128  # held-out images (64 demonstrations + 64 queries for the eval CLI)
 # Sequence lengths (interleaved, LAION) per LM. SmolLM2: a caption pair is at most 11 tokens with
 # <image>, <|endofchunk|> and EOS; 48 tokens keep the first 3 images of a document. The byte-level
 # tiny LM needs one token per character.
@@ -68,7 +69,6 @@ class Settings:
     batch_laion: int
     max_images: int  # images kept per interleaved document
     cross_attn_every_n_layers: int
-    freeze_lm_embeddings: bool
     learning_rate: float
     warmup_steps: int
     logging_steps: int
@@ -86,7 +86,6 @@ FULL = Settings(
     batch_laion=8,
     max_images=3,
     cross_attn_every_n_layers=10,
-    freeze_lm_embeddings=True,
     learning_rate=1e-3,
     warmup_steps=10,
     logging_steps=5,
@@ -101,7 +100,6 @@ QUICK = Settings(
     batch_laion=2,
     max_images=3,
     cross_attn_every_n_layers=1,
-    freeze_lm_embeddings=False,
     learning_rate=1e-3,
     warmup_steps=1,
     logging_steps=2,
@@ -243,7 +241,9 @@ def write_corpus(corpus_dir: Path, settings: Settings) -> dict:
         str(corpus_dir),
         num_docs=num_docs,
         num_pairs=num_pairs,
-        num_eval=NUM_SHOTS + settings.num_captions + 4,  # spare items for diverse shots
+        # the captioning stage takes a few; the eval CLI's Flickr30k layout of this split uses
+        # the first half as demonstrations and the second half as queries
+        num_eval=max(EVAL_ITEMS, NUM_SHOTS + settings.num_captions + 4),
         docs_per_shard=max(1, min(100, num_docs // slots)),
         pairs_per_shard=max(1, min(250, num_pairs // slots)),
         seed=settings.seed,
@@ -331,8 +331,6 @@ def train_command(
     command = [*launch, str(TRAIN_SCRIPT)]
     for name, value in flags.items():
         command += [f"--{name}", str(value)]
-    if s.freeze_lm_embeddings:
-        command.append("--freeze_lm_embeddings")
     return command, env
 
 
@@ -426,6 +424,26 @@ def caption_held_out(
         hits = {attribute: said[attribute] == item[attribute] for attribute in ATTRIBUTES}
         rows.append({"id": item["id"], "truth": item["caption"], "generated": text, "hits": hits})
     return rows
+
+
+def eval_command(
+    settings: Settings, lm: Path, vision: Path, checkpoint: Path | None, eval_dir: Path
+) -> list[str]:
+    """`python -m open_flamingo.eval.evaluate` on the held-out split in its Flickr30k layout:
+    4-shot captioning CIDEr over 64 queries (without `checkpoint`: the untrained model)."""
+    command = [sys.executable, "-m", "open_flamingo.eval.evaluate"]
+    command += ["--vision_encoder_path", VISION_ENCODER, "--vision_encoder_pretrained", str(vision)]
+    command += ["--lm_path", str(lm), "--lm_tokenizer_path", str(lm)]
+    command += ["--cross_attn_every_n_layers", str(settings.cross_attn_every_n_layers)]
+    if checkpoint is not None:
+        command += ["--checkpoint_path", str(checkpoint)]
+    command += ["--precision", "fp32", "--batch_size", "8", "--eval_flickr30"]
+    command += ["--flickr_image_dir_path", str(eval_dir / "images")]
+    command += ["--flickr_karpathy_json_path", str(eval_dir / "karpathy.json")]
+    command += ["--flickr_annotations_json_path", str(eval_dir / "annotations.json")]
+    command += ["--shots", "4", "--num_trials", "1", "--trial_seeds", "42"]
+    command += ["--num_samples", str(EVAL_ITEMS // 2), "--query_set_size", str(EVAL_ITEMS // 2)]
+    return command
 
 
 def print_caption_table(rows: list[dict], max_width: int = 48) -> None:
@@ -545,6 +563,10 @@ def main(argv: list[str] | None = None) -> dict:
     total = stages.elapsed()
     print(f"total wall time: {total:.0f} s ({total / 60:.1f} min)")
     print(f"metrics: {metrics}\nloss curve: {png}\ncheckpoint: {checkpoint}")
+    print(
+        "score it (4-shot CIDEr on the held-out split):\n  "
+        + " ".join(eval_command(settings, lm, vision, checkpoint, Path(corpus["eval_json"]).parent))
+    )
     return {
         "settings": asdict(settings),
         "first_loss": first["loss"],
