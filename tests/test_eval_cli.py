@@ -219,7 +219,7 @@ def test_flag_errors(model_flags, eval_layouts, capsys):
     with pytest.raises(SystemExit):
         main(model_flags)
     assert "choose at least one of" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="No path given for the coco Karpathy split JSON"):
+    with pytest.raises(ValueError, match="No path given for the coco Karpathy split file"):
         main([*model_flags, "--eval_coco", "--coco_train_image_dir_path", "."])
     flags = path_flags(eval_layouts, ["coco"])
     with pytest.raises(ValueError, match="--query_set_size 2048 exceeds the 6 training items"):

@@ -13,7 +13,6 @@ temporary file beside its own module).
 
 import contextlib
 import io
-import json
 import os
 import shutil
 from pathlib import Path
@@ -24,20 +23,14 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
+from .json_files import read_json
+
 Captions = dict[int, list[str]]
-
-
-def _load_json(path, what: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"caption {what} file not found: {path}") from None
 
 
 def load_results(result_path) -> dict[int, str]:
     """{"image_id", "caption"} list -> {image_id: caption}; one caption per image."""
-    results = _load_json(result_path, "results")
+    results = read_json(result_path, "caption results")
     if not isinstance(results, list) or not results:
         raise ValueError(f"{result_path}: expected a non-empty JSON list of results")
     captions = {}
@@ -54,7 +47,7 @@ def load_results(result_path) -> dict[int, str]:
 def load_references(annotations_path) -> Captions:
     """COCO captions JSON -> {image_id: [reference captions]}, in the order of its "images" list
     (or of first appearance in "annotations" when it has none)."""
-    dataset = _load_json(annotations_path, "annotations")
+    dataset = read_json(annotations_path, "caption annotations")
     references: Captions = {}
     for image in dataset.get("images", []):
         references[image["id"]] = []

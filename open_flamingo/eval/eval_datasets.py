@@ -19,6 +19,8 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES as _OPEN_CLIP_IMAGE
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from .json_files import read_json
+
 # Upstream's list (open_flamingo/eval/classification_utils.py, from wise-ft) is identical to
 # open_clip's, name for name (checked by tests/test_eval_datasets.py). It has 998 distinct names:
 # "missile" (657, 744) and "sunglasses" (836, 837) appear twice, as upstream.
@@ -40,18 +42,6 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError) as error:
         raise ValueError(f"Cannot decode image {path}: {error}") from error
-
-
-def _read_json(path: str | os.PathLike, what: str):
-    if path is None:
-        raise ValueError(f"No path given for the {what}.")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{what} {path} is not valid JSON: {error}") from error
 
 
 def _require_dir(path, what: str) -> Path:
@@ -98,7 +88,7 @@ class CaptionDataset(_EvalDataset):
         self.image_val_dir = image_val_dir_path and _require_dir(
             image_val_dir_path, f"{dataset_name} val image folder"
         )
-        data = _read_json(annotations_path, f"{dataset_name} Karpathy split JSON")
+        data = read_json(annotations_path, f"{dataset_name} Karpathy split")
         if "images" not in data:
             raise ValueError(f"{annotations_path} has no 'images' list: not a Karpathy split file")
         split = "train" if is_train else "test"
@@ -141,10 +131,10 @@ class VQADataset(_EvalDataset):
         self.dataset_name = dataset_name
         self.is_train = is_train
         self.image_dir = _require_dir(image_dir_path, f"{dataset_name} image folder")
-        self.questions = _read_json(question_path, f"{dataset_name} questions JSON")["questions"]
+        self.questions = read_json(question_path, f"{dataset_name} questions")["questions"]
         self.answers = None
         if annotations_path is not None:
-            annotations = _read_json(annotations_path, f"{dataset_name} annotations JSON")
+            annotations = read_json(annotations_path, f"{dataset_name} annotations")
             by_id = {a["question_id"]: a for a in annotations["annotations"]}
             missing = [q["question_id"] for q in self.questions if q["question_id"] not in by_id]
             if missing:

@@ -33,10 +33,11 @@ as the `count` argument). A question id that occurs twice in the results is scor
 the last answer given for it, as in the reference code.
 """
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
+
+from .json_files import read_json
 
 RULES = ("upstream", "official")
 # Marks that are deleted when they touch a space (or when the text has a digit-comma-digit),
@@ -162,14 +163,6 @@ def _score(prediction: str, answers: list[dict], rule: str) -> float:
     return total / len(answers)
 
 
-def _load_json(path, what: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"VQA {what} file not found: {path}") from None
-
-
 def compute_vqa_accuracy(
     result_json_path: str | Path,
     question_json_path: str | Path,
@@ -194,12 +187,12 @@ def compute_vqa_accuracy(
     """
     if rule not in RULES:
         raise ValueError(f"unknown VQA accuracy rule {rule!r}; use one of {RULES}")
-    results = _load_json(result_json_path, "results")
+    results = read_json(result_json_path, "VQA results")
     if not isinstance(results, list) or not results:
         raise ValueError(f"{result_json_path}: expected a non-empty JSON list of results")
-    annotations = _load_json(annotation_json_path, "annotations")["annotations"]
+    annotations = read_json(annotation_json_path, "VQA annotations")["annotations"]
     gt_answers = {entry["question_id"]: entry["answers"] for entry in annotations}
-    questions = _load_json(question_json_path, "questions").get("questions")
+    questions = read_json(question_json_path, "VQA questions").get("questions")
     known_questions = None if questions is None else {q["question_id"] for q in questions}
 
     last_answer = {}
