@@ -1,21 +1,17 @@
 """Fixtures for tests against a real S3 endpoint: a Ceph RADOS Gateway on loopback
 (scripts/ceph_rgw.py), started once per test session when a test asks for it."""
 
-import importlib.util
 import uuid
 
 import pytest
 
-from conftest import REPO, require
+from conftest import load_script, require
 from open_flamingo.data import storage
 
 
 def _load_ceph_rgw():
     """scripts/ceph_rgw.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("ceph_rgw", REPO / "scripts" / "ceph_rgw.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("ceph_rgw")
 
 
 @pytest.fixture(scope="session")

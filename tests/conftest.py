@@ -1,5 +1,6 @@
 """Shared fixtures: tiny offline models, the real assets from `make assets`, CI strictness."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -13,6 +14,19 @@ pytest_plugins = ["ceph_fixtures", "slurm_fixtures", "eval_fixtures"]
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / ".cache" / "assets"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def load_module(path: Path, name: str | None = None):
+    """The Python file at `path` as a module (scripts/ and upstream's files are no packages)."""
+    spec = importlib.util.spec_from_file_location(name or Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_script(name: str):
+    """scripts/<name>.py as a module."""
+    return load_module(REPO / "scripts" / f"{name}.py")
 
 
 def require(condition: bool, reason: str) -> None:

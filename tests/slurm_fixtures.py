@@ -1,21 +1,14 @@
 """Fixtures for tests against a real Slurm: a controller and two simulated nodes on this machine
 (scripts/slurm_cluster.py), started once per test session when a test asks for it."""
 
-import importlib.util
-
 import pytest
 
-from conftest import REPO, require
+from conftest import load_script, require
 
 
 def load_slurm_cluster():
     """scripts/slurm_cluster.py as a module (scripts/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        "slurm_cluster", REPO / "scripts" / "slurm_cluster.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("slurm_cluster")
 
 
 @pytest.fixture(scope="session")

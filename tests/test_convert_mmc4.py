@@ -2,7 +2,6 @@
 -> OpenFlamingo-style webdataset tars that parse_mmc4_wds reads back."""
 
 import base64
-import importlib.util
 import io
 import json
 import zipfile
@@ -11,18 +10,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import REPO
+from conftest import load_script
 from open_flamingo.data.documents import ImageRef, parse_mmc4, parse_mmc4_wds
 from open_flamingo.data.mmc4 import MMC4_MIN_IMAGE_BYTES
 from open_flamingo.data.shards import iter_records
 from open_flamingo.data.skips import SkipCounter
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def noise_jpeg(seed: int) -> bytes:

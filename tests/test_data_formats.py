@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from test_convert_mmc4 import load_script
 from test_data_loader import fingerprint
 
+from conftest import load_script
 from open_flamingo.data import storage
 from open_flamingo.data.doc_types import image_object_name
 from open_flamingo.data.loader import get_data

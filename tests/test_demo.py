@@ -1,7 +1,6 @@
 """scripts/demo.py (`make demo`) end to end in its `--quick` mode: corpus, `accelerate launch`
 training, checkpoint loaded into a fresh model, captions of held-out images, loss curve."""
 
-import importlib.util
 import json
 import math
 import re
@@ -10,16 +9,13 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_module
 
 SCRIPT = REPO / "scripts" / "demo.py"
 
 
 def load_demo():
-    spec = importlib.util.spec_from_file_location("demo", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(SCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,13 @@
 """scripts/setup_nltk_data.py: the offline WordNet copy for nltk."""
 
-import importlib.util
-
 import pytest
 
-from conftest import REPO
+from conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def setup_nltk_data():
-    spec = importlib.util.spec_from_file_location(
-        "setup_nltk_data", REPO / "scripts" / "setup_nltk_data.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("setup_nltk_data")
 
 
 def test_lexnames_file(setup_nltk_data):

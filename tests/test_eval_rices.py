@@ -1,7 +1,6 @@
 """RICES: the most similar training images become the demonstrations (most similar last), from
 computed or cached CLIP features."""
 
-import importlib.util
 import json
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 from eval_cli_fixtures import *  # noqa: F403 (fixtures)
 from eval_layouts import NUM_TRAIN, path_flags
 
-from conftest import REPO
+from conftest import load_script
 from open_flamingo.eval.captioning import load_captioning_data
 from open_flamingo.eval.evaluate import main
 from open_flamingo.eval.rices import RICES, clip_image_encoder, compute_features
@@ -53,11 +52,7 @@ def test_clip_features_find_the_image_itself(eval_layouts, tiny_clip):
 
 
 def load_cache_script():
-    path = REPO / "scripts" / "cache_rices_features.py"
-    spec = importlib.util.spec_from_file_location("cache_rices_features", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("cache_rices_features")
 
 
 def test_cached_features_give_the_same_demonstrations(

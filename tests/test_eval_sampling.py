@@ -1,12 +1,11 @@
 """Prompts, and which queries / demonstrations a trial uses: upstream's exact random streams."""
 
-import importlib.util
 import socket
 
 import pytest
 import torch.distributed as dist
 
-from conftest import REPO, require
+from conftest import REPO, load_module, require
 from open_flamingo.eval.captioning import captioning_query
 from open_flamingo.eval.classification import classification_query
 from open_flamingo.eval.prompts import (
@@ -115,10 +114,7 @@ def test_prompt_ensembling_permutations():
 
 def load_upstream_utils():
     require(UPSTREAM_UTILS.is_file(), "upstream reference missing: run `make upstream`")
-    spec = importlib.util.spec_from_file_location("upstream_eval_utils", UPSTREAM_UTILS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(UPSTREAM_UTILS, "upstream_eval_utils")
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from types import SimpleNamespace
 
 import open_clip
 import pytest
-from test_convert_mmc4 import load_script
 from test_data_loader import fingerprint
 
-from conftest import REPO
+from conftest import REPO, load_script
 from open_flamingo.data import storage
 from open_flamingo.data.loader import get_data
 from open_flamingo.data.manifest import build_manifest, count_records, is_shard, resolve_shards

@@ -1,7 +1,6 @@
 """scripts/plot_metrics.py: a metrics.jsonl (also of a resumed run) -> a PNG loss curve; bad input
 fails with a clear message."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -9,17 +8,10 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 SCRIPT = REPO / "scripts" / "plot_metrics.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("plot_metrics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_metrics(path, rows):
@@ -70,7 +62,7 @@ def test_plots_a_valid_png_of_a_resumed_run(tmp_path):
 
 
 def test_last_row_of_a_repeated_step_wins_and_default_output(tmp_path):
-    plot_metrics = load_script()
+    plot_metrics = load_script("plot_metrics")
     metrics = write_metrics(tmp_path / "metrics.jsonl", resumed_run_rows())
     series = plot_metrics.load_series(metrics)
     assert series["loss"] == ([10, 20, 30, 40], [4.0, 3.0, 3.0, 2.5])
@@ -83,7 +75,7 @@ def test_last_row_of_a_repeated_step_wins_and_default_output(tmp_path):
 
 
 def test_only_the_total_loss_is_enough(tmp_path):
-    plot_metrics = load_script()
+    plot_metrics = load_script("plot_metrics")
     metrics = write_metrics(tmp_path / "metrics.jsonl", [row(1, 3.0), row(2, 2.0)])
     assert set(plot_metrics.load_series(metrics)) == {"loss"}
     out = plot_metrics.main([str(metrics), "-o", str(tmp_path / "l.png")])
@@ -104,7 +96,7 @@ def test_only_the_total_loss_is_enough(tmp_path):
     ids=["missing", "empty", "blank", "truncated", "no-step", "no-loss", "nan-loss"],
 )
 def test_bad_input_fails_clearly(tmp_path, capsys, content, message):
-    plot_metrics = load_script()
+    plot_metrics = load_script("plot_metrics")
     metrics = tmp_path / "metrics.jsonl"
     if content is not None:
         metrics.write_text(content)

@@ -2,7 +2,6 @@
 captions say what is drawn, readable by the loader's own functions."""
 
 import hashlib
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -12,7 +11,7 @@ import open_clip
 import pytest
 
 import open_flamingo.src.factory  # noqa: F401  (registers the ViT-Tiny-16 config)
-from conftest import REPO
+from conftest import load_script
 from open_flamingo.data.documents import parse_laion_wds, parse_omnicorpus
 from open_flamingo.data.samples import build_interleaved_sample, build_pair_sample, decode_image
 from open_flamingo.data.shards import iter_records
@@ -236,13 +235,6 @@ def test_corpus_builds_training_samples_without_skips(corpus, byte_tokenizer_dir
             f"<image>{pair.caption}<|endofchunk|><|endoftext|>"
         )
     assert skips.as_dict() == {}
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cli_writes_gzip_shards_and_rejects_bad_sizes(tmp_path, capsys):

@@ -360,8 +360,9 @@ def test_zero1_slurm_config_offloads_the_optimizer_to_cpu_adam(tiny, uninterrupt
 
 def write_mmc4_wds(tiny, out) -> None:
     """The synthetic docs in OpenFlamingo's MMC4 webdataset form (images over MMC4's 10 KB)."""
-    from test_convert_mmc4 import load_script
     from test_data_formats import mmc4_record, with_comment, zip_bytes
+
+    from conftest import load_script
 
     corpus = tiny["root"] / "corpus"
     (out / "docs").mkdir(parents=True)
