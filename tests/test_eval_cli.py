@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from eval_cli_fixtures import *  # noqa: F403 (fixtures)
 from eval_layouts import COLORS, NUM_TEST, NUM_TRAIN, caption, path_flags
 from PIL import Image
@@ -47,6 +48,7 @@ def test_every_dataset_end_to_end(
     generative = [key for key in ALL if key != "imagenet"]
     argv = [*model_flags, *TRIAL_FLAGS, *path_flags(eval_layouts, generative)]
     returned = main([*argv, "--results_file", str(results_file), "--predictions_dir", str(preds)])
+    assert torch.is_grad_enabled()  # autograd is switched off only inside the evaluation
     results = json.loads(results_file.read_text())
     assert results == returned
     assert list(results) == generative

@@ -116,8 +116,14 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     world = init_world(args.dist_url, args.dist_backend, not args.no_set_device_rank)
-    torch.set_grad_enabled(False)
+    # scoped, not torch.set_grad_enabled(False): a caller in the same process (a notebook, the
+    # tests) keeps autograd afterwards
+    with torch.no_grad():
+        return run(args, world)
 
+
+def run(args, world) -> dict | None:
+    """Evaluate every selected dataset; the results on rank 0 (None on other ranks)."""
     # read every selected dataset first: a wrong path fails before the model loads
     selected = [key for key in TASKS if getattr(args, f"eval_{key}")]
     datasets = {key: TASKS[key].load(args, TASKS[key].dataset) for key in selected}
