@@ -19,10 +19,8 @@ CLI:
 
 import argparse
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -30,6 +28,8 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
+
+from local_services import free_port_block, is_running, tail
 
 BINARIES = ("monmaptool", "ceph-mon", "ceph-osd", "radosgw", "radosgw-admin")
 # The Ceph tools run on Debian's Python (its `rados` module), never on a virtualenv's.
@@ -44,9 +44,6 @@ RGW_POOLS = (
     "default.rgw.buckets.non-ec",
 )
 MON, OSD, GATEWAY = "mon.a", "osd.0", "client.rgw.gw"
-# Ports come from below Linux's ephemeral range (32768+), so that no outgoing connection takes
-# the gateway's port while the gateway is stopped.
-PORT_RANGE = (20000, 32000)
 PORT_BLOCK = 24  # mon, gateway, then the daemons' bind range
 
 # Runs on SYSTEM_PYTHON: registers the osd and creates the rgw pools in one mon session.
@@ -79,32 +76,6 @@ class CephRGWError(RuntimeError):
 def missing_binaries() -> list[str]:
     """The Ceph programs this module needs that are not installed."""
     return [name for name in (*BINARIES, SYSTEM_PYTHON) if shutil.which(name) is None]
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port_block(size: int = PORT_BLOCK) -> int:
-    """The first port of `size` consecutive free loopback ports (random base, bounded search)."""
-    for _ in range(100):
-        base = random.randrange(PORT_RANGE[0], PORT_RANGE[1] - size)
-        if all(_port_is_free(base + i) for i in range(size)):
-            return base
-    raise CephRGWError(f"no {size} consecutive free ports in {PORT_RANGE}")
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return f"({path} is missing)"
-    return f"--- last lines of {path} ---\n" + "\n".join(text)
 
 
 def _ceph_env() -> dict[str, str]:
@@ -248,7 +219,7 @@ class CephRGW:
     # --- helpers ---------------------------------------------------------------------------
 
     def _write_conf(self, fsid: str) -> None:
-        base = _free_port_block()
+        base = free_port_block(PORT_BLOCK, CephRGWError)
         self._mon_port, self.port = base, base + 1
         root = self.root
         settings = {
@@ -320,9 +291,9 @@ class CephRGW:
             if proc is not None and proc.poll() is not None:
                 raise CephRGWError(
                     f"{name} exited with status {proc.returncode}\n"
-                    + _tail(self.root / "log" / f"{name}.log")
+                    + tail(self.root / "log" / f"{name}.log")
                     + "\n"
-                    + _tail(self.root / "log" / f"{name}.out")
+                    + tail(self.root / "log" / f"{name}.out")
                 )
 
     def _run(self, step: str, argv: list[str], deadline: float, watch: tuple[str, ...] = ()) -> str:
@@ -345,7 +316,7 @@ class CephRGW:
                         if time.monotonic() > deadline:
                             raise CephRGWError(
                                 f"{step} ({argv[0]}) did not finish within {self.timeout_s} s\n"
-                                + "\n".join(_tail(self.root / "log" / f"{n}.log") for n in watch)
+                                + "\n".join(tail(self.root / "log" / f"{n}.log") for n in watch)
                             ) from None
             finally:
                 if proc.poll() is None:
@@ -353,7 +324,7 @@ class CephRGW:
                     proc.wait()
         if proc.returncode != 0:
             raise CephRGWError(
-                f"{step} ({argv[0]}) failed with status {proc.returncode}\n" + _tail(log)
+                f"{step} ({argv[0]}) failed with status {proc.returncode}\n" + tail(log)
             )
         return stdout
 
@@ -371,7 +342,7 @@ class CephRGW:
             if time.monotonic() > deadline:
                 raise CephRGWError(
                     f"the gateway did not answer on {self.endpoint_url} within {self.timeout_s} s\n"
-                    + _tail(self.root / "log" / f"{GATEWAY}.log")
+                    + tail(self.root / "log" / f"{GATEWAY}.log")
                 )
             time.sleep(0.05)
 
@@ -393,20 +364,11 @@ class CephRGW:
             if str(self.conf).encode() in cmdline:
                 os.kill(pid, signal.SIGKILL)
                 deadline = time.monotonic() + 10
-                while _is_running(pid):
+                while is_running(pid):
                     if time.monotonic() > deadline:
                         raise CephRGWError(f"{name} (pid {pid}) survived SIGKILL")
                     time.sleep(0.02)
         pid_file.unlink(missing_ok=True)
-
-
-def _is_running(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def main(argv: list[str] | None = None) -> None:

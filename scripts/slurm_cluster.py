@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import os
 import pwd
-import random
 import shutil
 import signal
 import socket
@@ -30,13 +29,13 @@ import threading
 import time
 from pathlib import Path
 
+from local_services import free_port_block, is_running, tail
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "sinfo", "squeue", "scancel", "scontrol")
 # Every daemon (and so every slurmstepd that a slurmd forks) carries this variable, set to the
 # cluster's directory: stop() finds what is left of a cluster by it, from any process.
 MARKER = "OPEN_FLAMINGO_SLURM_CLUSTER"
-# Ports come from below Linux's ephemeral range (32768+): no outgoing connection takes them.
-PORT_RANGE = (20000, 32000)
 
 
 class SlurmClusterError(RuntimeError):
@@ -51,41 +50,6 @@ def missing_binaries() -> list[str]:
 def _which(name: str) -> str | None:
     # The daemons live in /usr/sbin, which is not on every user's PATH.
     return shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port_block(size: int) -> int:
-    """The first port of `size` consecutive free loopback ports (random base, bounded search)."""
-    for _ in range(100):
-        base = random.randrange(PORT_RANGE[0], PORT_RANGE[1] - size)
-        if all(_port_is_free(base + i) for i in range(size)):
-            return base
-    raise SlurmClusterError(f"no {size} consecutive free ports in {PORT_RANGE}")
-
-
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()[-lines:]
-    except OSError:
-        return f"({path} is missing)"
-    return f"--- last lines of {path} ---\n" + "\n".join(text)
-
-
-def _is_running(pid: int) -> bool:
-    """Whether `pid` exists and is not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _marked_process_trees(marker: bytes) -> list[int]:
@@ -218,7 +182,7 @@ class SlurmCluster:
             self._procs.clear()
             deadline = time.monotonic() + 10
             for pid in pids:
-                while _is_running(pid):
+                while is_running(pid):
                     if time.monotonic() > deadline:
                         raise SlurmClusterError(f"process {pid} survived SIGKILL")
                     time.sleep(0.02)
@@ -226,7 +190,7 @@ class SlurmCluster:
     def processes(self) -> list[int]:
         """Pids of the live processes of this cluster: its daemons, their slurmstepds and the
         jobs' processes (found from any process, by the daemons' environment)."""
-        return [pid for pid in _marked_process_trees(self._marker.encode()) if _is_running(pid)]
+        return [pid for pid in _marked_process_trees(self._marker.encode()) if is_running(pid)]
 
     def _cancel_jobs(self) -> None:
         """scancel every job and give Slurm a few seconds to end their processes cleanly."""
@@ -246,7 +210,7 @@ class SlurmCluster:
     # --- helpers ---------------------------------------------------------------------------
 
     def _write_conf(self) -> None:
-        base = _free_port_block(1 + len(self.nodes))
+        base = free_port_block(1 + len(self.nodes), SlurmClusterError)
         self.controller_port, node_ports = base, range(base + 1, base + 1 + len(self.nodes))
         user = pwd.getpwuid(os.getuid()).pw_name  # root, or a user running a private cluster
         root = self.root
@@ -350,7 +314,7 @@ class SlurmCluster:
 
     def _logs(self, name: str) -> str:
         logs = self.root / "log"
-        return _tail(logs / f"{name}.log") + "\n" + _tail(logs / f"{name}.out")
+        return tail(logs / f"{name}.log") + "\n" + tail(logs / f"{name}.out")
 
     def _check_alive(self, *names: str) -> None:
         for name in names or tuple(self._procs):

@@ -2,6 +2,7 @@
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,10 @@ def load_module(path: Path, name: str | None = None):
 
 
 def load_script(name: str):
-    """scripts/<name>.py as a module."""
+    """scripts/<name>.py as a module. scripts/ goes on sys.path, as when a script is run, so
+    that the scripts' own imports of each other (e.g. local_services) resolve."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.append(str(REPO / "scripts"))
     return load_module(REPO / "scripts" / f"{name}.py")
 
 
