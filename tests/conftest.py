@@ -5,11 +5,13 @@ import os
 import sys
 from pathlib import Path
 
+import open_clip
 import pytest
 import torch
 
 from byte_tokenizer import save_byte_tokenizer
-from tiny_models import FAMILIES, build_flamingo, save_tiny_lm
+from open_flamingo.src.factory import load_flamingo_tokenizer
+from tiny_models import FAMILIES, VISION_ENCODER, build_flamingo, save_tiny_lm
 
 pytest_plugins = ["ceph_fixtures", "slurm_fixtures", "eval_fixtures"]
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +59,18 @@ def byte_tokenizer_dir(tmp_path_factory) -> Path:
 def tiny_lm_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny_lms")
     return {family: save_tiny_lm(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(byte_tokenizer_dir):
+    """The byte-level test tokenizer with OpenFlamingo's special tokens added."""
+    return load_flamingo_tokenizer(str(byte_tokenizer_dir))
+
+
+@pytest.fixture(scope="module")
+def image_processor():
+    """The tiny vision encoder's preprocessing (64 px)."""
+    return open_clip.create_model_and_transforms(VISION_ENCODER, pretrained=None)[2]
 
 
 @pytest.fixture

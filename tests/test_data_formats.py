@@ -20,7 +20,6 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 
-import open_clip
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -34,8 +33,6 @@ from open_flamingo.data.doc_types import image_object_name
 from open_flamingo.data.loader import get_data
 from open_flamingo.data.mmc4 import MMC4_MIN_IMAGE_BYTES
 from open_flamingo.data.synthetic import ShapeSpec, write_synthetic_corpus
-from open_flamingo.src.factory import load_flamingo_tokenizer
-from tiny_models import VISION_ENCODER
 
 NUM_DOCS, DOCS_PER_SHARD = 8, 4
 NUM_PAIRS, PAIRS_PER_SHARD = 8, 4
@@ -64,16 +61,6 @@ class Case:
     upload: tuple[str, ...]  # the folders (relative to the root) that the case reads
     expected: dict  # key relative to the root ("/dir/shard#index") -> Expected
     skips: dict  # skip counts after one pass
-
-
-@pytest.fixture(scope="module")
-def tokenizer(byte_tokenizer_dir):
-    return load_flamingo_tokenizer(str(byte_tokenizer_dir))
-
-
-@pytest.fixture(scope="module")
-def image_processor():
-    return open_clip.create_model_and_transforms(VISION_ENCODER, pretrained=None)[2]
 
 
 # ---------------------------------------------------------------- building the datasets

@@ -9,7 +9,6 @@ import threading
 import time
 from types import SimpleNamespace
 
-import open_clip
 import pytest
 import torch
 from PIL import Image
@@ -22,7 +21,6 @@ from open_flamingo.data.shards import iter_records
 from open_flamingo.data.skips import SkipCounter
 from open_flamingo.data.stream import Part, StreamConfig, pass_parts, record_order
 from open_flamingo.data.synthetic import write_synthetic_corpus
-from open_flamingo.src.factory import load_flamingo_tokenizer
 from tiny_models import VISION_ENCODER
 
 MAX_TOKENS = 192
@@ -43,16 +41,6 @@ def corpus(tmp_path_factory):
         seed=0,
     )
     return root
-
-
-@pytest.fixture(scope="module")
-def tokenizer(byte_tokenizer_dir):
-    return load_flamingo_tokenizer(str(byte_tokenizer_dir))
-
-
-@pytest.fixture(scope="module")
-def image_processor():
-    return open_clip.create_model_and_transforms(VISION_ENCODER, pretrained=None)[2]
 
 
 def loader_args(root, **overrides):

@@ -7,7 +7,6 @@ import struct
 import zlib
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 from PIL import Image
@@ -42,11 +41,6 @@ def tokenizer(byte_tokenizer_dir):
         PAD,
     ]
     return tokenizer
-
-
-@pytest.fixture(scope="module")
-def image_processor():
-    return open_clip.create_model_and_transforms("ViT-Tiny-16", pretrained=None)[2]
 
 
 def ids(tokenizer, text: str) -> list[int]:

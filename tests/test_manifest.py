@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import open_clip
 import pytest
 from test_data_loader import fingerprint
 
@@ -17,8 +16,6 @@ from open_flamingo.data import storage
 from open_flamingo.data.loader import get_data
 from open_flamingo.data.manifest import build_manifest, count_records, is_shard, resolve_shards
 from open_flamingo.data.synthetic import write_synthetic_corpus
-from open_flamingo.src.factory import load_flamingo_tokenizer
-from tiny_models import VISION_ENCODER
 
 NUM_DOCS, DOCS_PER_SHARD = 10, 4  # shards of 4, 4 and 2 docs
 NUM_PAIRS, PAIRS_PER_SHARD = 6, 4  # tars of 4 and 2 pairs
@@ -49,16 +46,6 @@ def corpus(tmp_path_factory) -> Path:
     (root / "bad" / "bad.jsonl").write_bytes(b"\n".join(good + BAD_LINES))
     (root / "notes.txt").write_text("not a shard")
     return root
-
-
-@pytest.fixture(scope="module")
-def tokenizer(byte_tokenizer_dir):
-    return load_flamingo_tokenizer(str(byte_tokenizer_dir))
-
-
-@pytest.fixture(scope="module")
-def image_processor():
-    return open_clip.create_model_and_transforms(VISION_ENCODER, pretrained=None)[2]
 
 
 def shard_files(root: Path, folder: str) -> list[str]:
