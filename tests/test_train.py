@@ -442,10 +442,10 @@ def test_weight_decay_only_on_cross_attention_weights(tiny):
 
 
 def test_non_finite_losses_are_skipped_without_an_update(tiny, tmp_path, monkeypatch):
-    from open_flamingo.train.loop import Trainer
+    from open_flamingo.train.step import TrainStep
 
-    real_loss = Trainer._loss
-    monkeypatch.setattr(Trainer, "_loss", lambda self, batch: real_loss(self, batch) * torch.nan)
+    real_loss = TrainStep.loss
+    monkeypatch.setattr(TrainStep, "loss", lambda self, batch: real_loss(self, batch) * torch.nan)
     run = tmp_path / "nan"
     main(argv(tiny, run, train_num_samples_interleaved=4, train_num_samples_laion=4))
     rows = read_metrics(run / "metrics.jsonl")

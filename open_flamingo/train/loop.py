@@ -1,12 +1,8 @@
-"""The training loop: one interleaved batch and one LAION batch per micro-step.
-
-loss = loss_interleaved * loss_multiplier_interleaved + loss_laion * loss_multiplier_laion,
-one backward per micro-step, an optimizer step every `gradient_accumulation_steps` micro-steps
-(gradients are synchronised only then), gradient clipping, warm-up + schedule. A non-finite loss
-on any rank makes every rank skip that micro-step's backward, so ranks never fall out of step.
+"""The training loop: epochs of micro-steps (`step.py`), an optimizer step every
+`gradient_accumulation_steps` micro-steps (gradients are synchronised only then), the schedule,
+logging and checkpoints.
 """
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpointing import checkpoint_steps, delete_previous_checkpoints, save_checkpoint
-from .metrics import MetricsLogger, StepFlops, peak_flops
+from .metrics import MetricsLogger, peak_flops
+from .step import TrainStep
 
 
 @dataclass
@@ -63,62 +60,9 @@ class Trainer:
         self.metrics = MetricsLogger(run_dir, accelerator, args)
         self.num_batches = len(loaders["interleaved"])
         self.total_steps = args.num_epochs * self.num_batches // args.gradient_accumulation_steps
-        self.deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
-        self.ddp = accelerator.distributed_type.name in ("MULTI_GPU", "MULTI_CPU")
-        self.trainable = [p for p in model.parameters() if p.requires_grad]
-        self.flops = StepFlops()
+        self.micro_step = TrainStep(args, accelerator, model, optimizer)
         self.peak_flops = peak_flops(args.peak_tflops)
         self._window: dict[str, float] = {}
-
-    # ------------------------------------------------------------------ one micro-step
-    def _loss(self, batch: dict) -> torch.Tensor:
-        device = self.accelerator.device
-        output = self.model(
-            vision_x=batch["images"].to(device, non_blocking=True),
-            lang_x=batch["input_ids"].to(device, non_blocking=True),
-            attention_mask=batch["attention_mask"].to(device, non_blocking=True),
-            labels=batch["labels"].to(device, non_blocking=True),
-        )
-        return output.loss
-
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
-        return self.accelerator.reduce(bad, reduction="sum").item() == 0
-
-    def _micro_step(self, batch_interleaved: dict, batch_laion: dict) -> dict:
-        args = self.args
-        measure = self.flops if self.accelerator.is_main_process else contextlib.nullcontext()
-        with self.accelerator.accumulate(self.model), measure:
-            # DDP: the first forward must not arm the gradient reduction; the backward of the
-            # summed loss then reduces each gradient once.
-            first = self.accelerator.no_sync(self.model) if self.ddp else contextlib.nullcontext()
-            with first:
-                loss_laion = self._loss(batch_laion)
-            loss_interleaved = self._loss(batch_interleaved)
-            loss = (
-                loss_interleaved * args.loss_multiplier_interleaved
-                + loss_laion * args.loss_multiplier_laion
-            )
-            finite = self._all_finite(loss.detach())
-            if finite:
-                self.accelerator.backward(loss)
-            grad_norm = None
-            if finite and self.accelerator.sync_gradients and not self.deepspeed:
-                grad_norm = self.accelerator.clip_grad_norm_(self.trainable, args.max_grad_norm)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-        if not finite:
-            self.state.nonfinite_skipped += 1
-        return {
-            "loss": loss.detach().float(),
-            "loss_interleaved": loss_interleaved.detach().float(),
-            "loss_laion": loss_laion.detach().float(),
-            "grad_norm": None if grad_norm is None else float(grad_norm),
-            "tokens": int(
-                batch_interleaved["attention_mask"].sum() + batch_laion["attention_mask"].sum()
-            ),
-            "samples": batch_interleaved["input_ids"].shape[0] + batch_laion["input_ids"].shape[0],
-        }
 
     # ------------------------------------------------------------------ the run
     def train(self) -> None:
@@ -141,14 +85,16 @@ class Trainer:
                 batch_interleaved = next(iterators["interleaved"])
                 batch_laion = next(iterators["laion"])
                 self._add("data_wait_s", time.perf_counter() - fetch_start)
-                result = self._micro_step(batch_interleaved, batch_laion)
+                result = self.micro_step(batch_interleaved, batch_laion)
                 self.state.batch_in_epoch += 1
+                if not result.finite:
+                    self.state.nonfinite_skipped += 1
                 for key in ("loss", "loss_interleaved", "loss_laion"):
-                    self._add(key, result[key].item(), count=True)
-                self._add("tokens", result["tokens"])
-                self._add("samples", result["samples"])
-                if result["grad_norm"] is not None:
-                    self._window["grad_norm"] = result["grad_norm"]
+                    self._add(key, getattr(result, key).item(), count=True)
+                self._add("tokens", result.tokens)
+                self._add("samples", result.samples)
+                if result.grad_norm is not None:
+                    self._window["grad_norm"] = result.grad_norm
                 if not acc.sync_gradients:
                     continue
                 self.scheduler.step()
@@ -219,10 +165,11 @@ class Trainer:
 
     def _mfu(self, step_time: float) -> float | None:
         """Model FLOPs utilisation of one process (FLOPs counted once, on the first step)."""
-        if self.flops.flops is None or self.peak_flops is None or step_time <= 0:
+        flops = self.micro_step.flops.flops
+        if flops is None or self.peak_flops is None or step_time <= 0:
             return None
         micro_steps = self.args.gradient_accumulation_steps
-        return self.flops.flops * micro_steps / step_time / self.peak_flops
+        return flops * micro_steps / step_time / self.peak_flops
 
     def _checkpoint_due(self) -> bool:
         step = self.state.step
