@@ -11,15 +11,9 @@ import os
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin, InitProcessGroupKwargs
 
-logger = logging.getLogger(__name__)
+from .precision import PRECISION
 
-# --precision -> (accelerate mixed_precision, dtype of the model weights)
-PRECISION = {
-    "fp32": ("no", torch.float32),
-    "amp_bf16": ("bf16", torch.float32),  # float32 weights, bfloat16 autocast (upstream default)
-    "bf16": ("no", torch.bfloat16),  # pure bfloat16 weights, as upstream's "bf16"
-    "fp16": ("fp16", torch.float32),  # float32 weights, float16 autocast with loss scaling
-}
+logger = logging.getLogger(__name__)
 
 
 def using_deepspeed() -> bool:

@@ -19,9 +19,10 @@ from open_flamingo.src.checkpoint import load_checkpoint
 from open_flamingo.src.factory import create_model_and_transforms
 from open_flamingo.train.args import parse_args
 from open_flamingo.train.checkpointing import load_training_checkpoint, resolve_resume
-from open_flamingo.train.distributed import PRECISION, make_accelerator, optimizer_offloaded
+from open_flamingo.train.distributed import make_accelerator, optimizer_offloaded
 from open_flamingo.train.loop import Trainer, TrainerState, embedding_gradient_mask
 from open_flamingo.train.optim import build_optimizer, build_scheduler
+from open_flamingo.train.precision import cast_for_precision
 
 logger = logging.getLogger("open_flamingo.train")
 
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
         load_checkpoint(model, args.load_from_pretrained)
     if not args.freeze_lm_embeddings:
         embedding_gradient_mask(model, [model.media_token_id, model.eoc_token_id])
-    model.to(PRECISION[args.precision][1])
+    cast_for_precision(model, args.precision, accelerator.distributed_type.name)
 
     loaders = build_loaders(args, image_processor, tokenizer, accelerator)
     total_steps = math.floor(
