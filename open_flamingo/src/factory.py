@@ -62,6 +62,39 @@ def set_trainable_parameters(model: Flamingo, freeze_lm_embeddings: bool = False
         model.lang_encoder.get_input_embeddings().requires_grad_(True)
 
 
+def assemble_flamingo(
+    vision_encoder: torch.nn.Module,
+    vis_dim: int,
+    lang_encoder: torch.nn.Module,
+    tokenizer,
+    cross_attn_every_n_layers: int = 1,
+    freeze_lm_embeddings: bool = False,
+    gradient_checkpointing: bool = False,
+    decoder_layers_attr_name: str | None = None,
+    **flamingo_kwargs,
+) -> Flamingo:
+    """A Flamingo from an open_clip visual tower, a causal LM (resized to the tokenizer, which
+    must already hold the special tokens) and its tokenizer, with upstream's trainable set.
+    `create_model_and_transforms` loads the parts; benchmarks pass randomly initialised ones."""
+    vision_encoder.output_tokens = True
+    lang_encoder.resize_token_embeddings(len(tokenizer))
+    model = Flamingo(
+        vision_encoder,
+        lang_encoder,
+        eoc_token_id=tokenizer.convert_tokens_to_ids("<|endofchunk|>"),
+        media_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vis_dim=vis_dim,
+        cross_attn_every_n_layers=cross_attn_every_n_layers,
+        gradient_checkpointing=gradient_checkpointing,
+        decoder_layers_attr_name=decoder_layers_attr_name,
+        **flamingo_kwargs,
+    )
+    set_trainable_parameters(model, freeze_lm_embeddings=freeze_lm_embeddings)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info("Flamingo model initialized with %s trainable parameters", f"{n_trainable:,}")
+    return model
+
+
 def create_model_and_transforms(
     clip_vision_encoder_path: str,
     clip_vision_encoder_pretrained: str | None,
@@ -111,7 +144,6 @@ def create_model_and_transforms(
         cache_dir=cache_dir,
     )
     vision_encoder = clip_model.visual
-    vision_encoder.output_tokens = True
     vis_dim = open_clip.get_model_config(clip_vision_encoder_path)["vision_cfg"]["width"]
 
     text_tokenizer = load_flamingo_tokenizer(
@@ -129,20 +161,15 @@ def create_model_and_transforms(
         cache_dir=cache_dir,
         dtype=torch.float32,  # upstream numerics; training / eval cast to their precision
     )
-    lang_encoder.resize_token_embeddings(len(text_tokenizer))
-
-    model = Flamingo(
+    model = assemble_flamingo(
         vision_encoder,
+        vis_dim,
         lang_encoder,
-        eoc_token_id=text_tokenizer.convert_tokens_to_ids("<|endofchunk|>"),
-        media_token_id=text_tokenizer.convert_tokens_to_ids("<image>"),
-        vis_dim=vis_dim,
+        text_tokenizer,
         cross_attn_every_n_layers=cross_attn_every_n_layers,
+        freeze_lm_embeddings=freeze_lm_embeddings,
         gradient_checkpointing=gradient_checkpointing,
         decoder_layers_attr_name=decoder_layers_attr_name,
         **flamingo_kwargs,
     )
-    set_trainable_parameters(model, freeze_lm_embeddings=freeze_lm_embeddings)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info("Flamingo model initialized with %s trainable parameters", f"{n_trainable:,}")
     return model, image_processor, text_tokenizer

@@ -10,6 +10,7 @@ import os
 
 import torch
 from accelerate import Accelerator, DeepSpeedPlugin, InitProcessGroupKwargs
+from accelerate.state import AcceleratorState
 
 from .precision import PRECISION
 
@@ -55,6 +56,10 @@ def make_accelerator(args, project_dir: str) -> Accelerator:
     if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # multi-process CPU runs (tests, the demo): a gloo process group
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    # accelerate keeps one mixed precision per Python process. A run started after another in
+    # the same process (a notebook, a test, a benchmark sweep) sets its own; the process group
+    # (PartialState) is kept.
+    AcceleratorState._reset_state()
     plugin = deepspeed_plugin(args) if using_deepspeed() else None
     if plugin is not None and args.precision == "bf16":
         mixed_precision = "bf16"

@@ -1,0 +1,279 @@
+"""Benchmark one OmniCorpus training step at OF-3B shapes, on the trainer's own code path.
+
+The step is the one `train_omnicorpus.py` runs (open_flamingo/train/step.py): a LAION batch
+(16 pairs x 128 tokens x 1 image, loss x 0.2) and an interleaved batch (8 documents x 1024 tokens
+x 6 images), one backward, gradient clipping at 1.0 and an AdamW step, with the model cast by
+`--precision` and the optimizer built exactly as in training. The model is OF-3B-shaped and
+randomly initialised: open_clip ViT-L-14, an MPT-1B-dimension `MptForCausalLM` (or, with
+`--lm llama`, a LLaMA of the same width, depth and parameter count), the GPT-NeoX tokenizer,
+cross-attention every layer.
+
+Prints one JSON line: step time median / min / max over `--steps` timed steps after `--warmup`,
+samples/s, tokens/s, FLOPs per step, MFU and peak memory. FLOPs are the useful FLOPs of the step
+(forward + backward, no recomputation), counted with FlopCounterMode on fake tensors, so they
+do not depend on --compile or --gradient_checkpointing. Method: docs/benchmarks.md.
+
+    python scripts/benchmark_train.py                      # OF-3B, amp_bf16, eager
+    python scripts/benchmark_train.py --compile --gradient_checkpointing
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import open_clip
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import AutoModelForCausalLM, LlamaConfig, MptConfig
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from open_flamingo.src.factory import assemble_flamingo, load_flamingo_tokenizer  # noqa: E402
+from open_flamingo.src.lm_registry import get_submodule_by_path  # noqa: E402
+from open_flamingo.train.distributed import make_accelerator  # noqa: E402
+from open_flamingo.train.metrics import peak_flops  # noqa: E402
+from open_flamingo.train.optim import build_optimizer  # noqa: E402
+from open_flamingo.train.precision import cast_for_precision  # noqa: E402
+from open_flamingo.train.step import TrainStep  # noqa: E402
+
+GPT_NEOX_TOKENIZER = REPO / ".cache" / "assets" / "tokenizers" / "gpt-neox-20b"
+
+
+def lm_config(name: str):
+    """MPT-1B's dimensions (anas-awadalla/mpt-1b-redpajama-200b), a LLaMA of the same size, or a
+    tiny MPT for smoke runs on CPU."""
+    if name == "mpt":
+        return MptConfig(
+            d_model=2048,
+            n_heads=16,
+            n_layers=24,
+            expansion_ratio=4,
+            max_seq_len=2048,
+            vocab_size=50432,
+            no_bias=True,
+        )
+    if name == "llama":
+        # SwiGLU with 3 * 2048 * 5504 ~= 8 * 2048^2 MLP weights, as MPT's 4x GELU MLP.
+        return LlamaConfig(
+            hidden_size=2048,
+            intermediate_size=5504,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+            max_position_embeddings=2048,
+            vocab_size=50432,
+            tie_word_embeddings=True,
+        )
+    if name == "tiny-mpt":
+        return MptConfig(
+            d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=256, vocab_size=50432
+        )
+    raise ValueError(name)
+
+
+def build_model(args, tokenizer, device: torch.device):
+    """The randomly initialised Flamingo of the benchmark, in float32, built on `device`."""
+    vis_dim = open_clip.get_model_config(args.vision_encoder_path)["vision_cfg"]["width"]
+    with torch.device(device):
+        clip_model = open_clip.create_model(args.vision_encoder_path, device=device)
+        lang_encoder = AutoModelForCausalLM.from_config(lm_config(args.lm), dtype=torch.float32)
+        return assemble_flamingo(
+            clip_model.visual,
+            vis_dim,
+            lang_encoder,
+            tokenizer,
+            cross_attn_every_n_layers=args.cross_attn_every_n_layers,
+            gradient_checkpointing=args.gradient_checkpointing,
+        )
+
+
+def synthetic_batch(
+    tokenizer, batch: int, tokens: int, images: int, image_size: int, seed: int
+) -> dict:
+    """A full-length batch: `images` `<image>` tokens per row, evenly spaced, each chunk closed
+    by `<|endofchunk|>`, random text between; labels mask `<image>` as training does."""
+    generator = torch.Generator().manual_seed(seed)
+    media = tokenizer.convert_tokens_to_ids("<image>")
+    eoc = tokenizer.convert_tokens_to_ids("<|endofchunk|>")
+    real_vocab = min(tokenizer.vocab_size, media, eoc)
+    input_ids = torch.randint(0, real_vocab, (batch, tokens), generator=generator)
+    chunk = tokens // images
+    for i in range(images):
+        input_ids[:, i * chunk] = media
+        input_ids[:, (i + 1) * chunk - 1] = eoc
+    labels = input_ids.masked_fill(input_ids == media, -100)
+    return {
+        "images": torch.randn(batch, images, 1, 3, image_size, image_size, generator=generator),
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "labels": labels,
+    }
+
+
+def step_args(args) -> SimpleNamespace:
+    """The training flags TrainStep and make_accelerator read, at train_omnicorpus's defaults."""
+    return SimpleNamespace(
+        precision=args.precision,
+        gradient_accumulation_steps=1,
+        max_grad_norm=1.0,
+        loss_multiplier_interleaved=1.0,
+        loss_multiplier_laion=0.2,
+        batch_size_interleaved=args.batch_size_interleaved,
+        batch_size_laion=args.batch_size_laion,
+        report_to_wandb=False,
+    )
+
+
+def count_flops(args, tokenizer, batches) -> int:
+    """Useful FLOPs of one step: forward + backward of both losses, eager and without
+    recomputation. Counted on fake tensors (shapes only: no memory, seconds on a CPU): the model
+    is built on the meta device and run with fake copies of its weights."""
+    model = build_model(args, tokenizer, torch.device("meta"))
+    model.set_gradient_checkpointing(False)
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        weights = {}
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            weights[name] = fake.from_tensor(tensor).requires_grad_(tensor.requires_grad)
+        with FlopCounterMode(display=False) as counter:
+            losses = []
+            for batch, multiplier in zip(batches, (0.2, 1.0), strict=True):
+                inputs = {k: fake.from_tensor(v.to("meta")) for k, v in batch.items()}
+                out = functional_call(
+                    model,
+                    weights,
+                    (inputs["images"], inputs["input_ids"]),
+                    {"attention_mask": inputs["attention_mask"], "labels": inputs["labels"]},
+                )
+                losses.append(out.loss * multiplier)
+            sum(losses).backward()
+    return counter.get_total_flops()
+
+
+def run(args) -> dict:
+    tokenizer = load_flamingo_tokenizer(str(args.tokenizer_path))
+    image_size = open_clip.get_model_config(args.vision_encoder_path)["vision_cfg"]["image_size"]
+    laion = synthetic_batch(
+        tokenizer, args.batch_size_laion, args.max_tokens_laion, 1, image_size, seed=0
+    )
+    interleaved = synthetic_batch(
+        tokenizer,
+        args.batch_size_interleaved,
+        args.max_tokens_interleaved,
+        args.images_per_doc,
+        image_size,
+        seed=1,
+    )
+    flops = count_flops(args, tokenizer, (laion, interleaved))
+
+    settings = step_args(args)
+    accelerator = make_accelerator(settings, project_dir=".")
+    torch.manual_seed(0)
+    model = build_model(args, tokenizer, accelerator.device)
+    cast_for_precision(model, args.precision, accelerator.distributed_type.name)
+    optimizer = build_optimizer(model, learning_rate=1e-4, weight_decay=0.1)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if args.compile:
+        flamingo = accelerator.unwrap_model(model)
+        for layer in get_submodule_by_path(
+            flamingo.lang_encoder, flamingo.decoder_layers_attr_name
+        ):
+            layer.compile()  # cross-attention block + decoder layer, one graph each
+    step = TrainStep(settings, accelerator, model, optimizer)
+    step.flops.flops = flops  # counted above; don't count again under the timer
+
+    cuda = accelerator.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times, losses = [], []
+    for i in range(args.warmup + args.steps):
+        sync()
+        start = time.perf_counter()
+        result = step(interleaved, laion)
+        sync()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - start)
+        losses.append(result.loss.item())
+    median = statistics.median(times)
+    samples = args.batch_size_laion + args.batch_size_interleaved
+    tokens = (
+        args.batch_size_laion * args.max_tokens_laion
+        + args.batch_size_interleaved * args.max_tokens_interleaved
+    )
+    peak = peak_flops(args.peak_tflops)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "lm": args.lm,
+        "vision_encoder": args.vision_encoder_path,
+        "precision": args.precision,
+        "compile": args.compile,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "cross_attn_every_n_layers": args.cross_attn_every_n_layers,
+        "batch": {
+            "laion": [args.batch_size_laion, args.max_tokens_laion, 1],
+            "interleaved": [
+                args.batch_size_interleaved,
+                args.max_tokens_interleaved,
+                args.images_per_doc,
+            ],
+        },
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": trainable,
+        "step_time_s": {"median": median, "min": min(times), "max": max(times)},
+        "samples_per_s": samples / median,
+        "tokens_per_s": tokens / median,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / median / 1e12,
+        "mfu": None if peak is None else flops / median / peak,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "losses": losses,
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lm", choices=("mpt", "llama", "tiny-mpt"), default="mpt")
+    parser.add_argument("--vision_encoder_path", default="ViT-L-14")
+    parser.add_argument("--tokenizer_path", type=Path, default=GPT_NEOX_TOKENIZER)
+    parser.add_argument("--batch_size_laion", type=int, default=16)
+    parser.add_argument("--max_tokens_laion", type=int, default=128)
+    parser.add_argument("--batch_size_interleaved", type=int, default=8)
+    parser.add_argument("--max_tokens_interleaved", type=int, default=1024)
+    parser.add_argument("--images_per_doc", type=int, default=6)
+    parser.add_argument("--cross_attn_every_n_layers", type=int, default=1)
+    parser.add_argument("--precision", choices=("fp32", "amp_bf16", "bf16"), default="amp_bf16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the layers")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps (median reported)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak_tflops", type=float, default=None, help="for MFU off the H100")
+    args = parser.parse_args(argv)
+    if not args.tokenizer_path.is_dir():
+        parser.error(
+            f"no tokenizer at {args.tokenizer_path}: run `python scripts/fetch_test_assets.py` "
+            "(it builds the GPT-NeoX tokenizer offline) or pass --tokenizer_path"
+        )
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.max_tokens_interleaved < 2 * args.images_per_doc:
+        parser.error("--max_tokens_interleaved must leave room for the <image> chunks")
+    return args
+
+
+def main(argv=None) -> dict:
+    result = run(parse_args(argv))
+    print(json.dumps(result), flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

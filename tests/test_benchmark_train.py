@@ -1,0 +1,107 @@
+"""scripts/benchmark_train.py: upstream's OF-3B shapes, honest FLOP counts, the trainer's step.
+
+Speed itself is measured on the GPU (docs/benchmarks.md), never here.
+"""
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import load_script
+
+TINY = [
+    "--lm", "tiny-mpt", "--vision_encoder_path", "ViT-Tiny-16",
+    "--batch_size_laion", "2", "--max_tokens_laion", "16",
+    "--batch_size_interleaved", "2", "--max_tokens_interleaved", "48", "--images_per_doc", "3",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bench(assets):
+    return load_script("benchmark_train")
+
+
+@pytest.fixture(scope="module")
+def neox(bench):
+    return bench.load_flamingo_tokenizer(str(bench.GPT_NEOX_TOKENIZER))
+
+
+def batches(bench, tokenizer, args, image_size: int):
+    laion = bench.synthetic_batch(
+        tokenizer, args.batch_size_laion, args.max_tokens_laion, 1, image_size, seed=0
+    )
+    interleaved = bench.synthetic_batch(
+        tokenizer,
+        args.batch_size_interleaved,
+        args.max_tokens_interleaved,
+        args.images_per_doc,
+        image_size,
+        seed=1,
+    )
+    return laion, interleaved
+
+
+def test_of3b_model_and_step_are_upstreams(bench, neox):
+    """The parameter counts and the FLOPs per step that ../shared/notes/performance.md records
+    for upstream 2.0.1 at OF-3B shapes (1,046,992,944 of 2,559,019,056; 127.2 TFLOP)."""
+    args = bench.parse_args([])
+    model = bench.build_model(args, neox, torch.device("meta"))
+    assert sum(p.numel() for p in model.parameters()) == 2_559_019_056
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1_046_992_944
+    flops = bench.count_flops(args, neox, batches(bench, neox, args, 224))
+    assert flops / 1e12 == pytest.approx(127.2, abs=0.05)
+
+
+def test_fake_tensor_flops_equal_a_real_eager_step(bench, neox):
+    args = bench.parse_args(TINY)
+    laion, interleaved = batches(bench, neox, args, 64)
+    counted = bench.count_flops(args, neox, (laion, interleaved))
+    model = bench.build_model(args, neox, torch.device("cpu"))
+    # FlopCounterMode has no formula for the CPU flash-attention kernel; the math backend
+    # spells attention out in matmuls, as the CUDA kernels' formulas count it.
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as real:
+        losses = [
+            model(b["images"], b["input_ids"], b["attention_mask"], b["labels"]).loss * m
+            for b, m in ((laion, 0.2), (interleaved, 1.0))
+        ]
+        sum(losses).backward()
+    assert counted == real.get_total_flops() > 0
+
+
+def test_synthetic_batch_is_a_training_batch(bench, neox):
+    batch = bench.synthetic_batch(neox, 2, 60, 3, 32, seed=0)
+    media, eoc = 50278, 50277  # GPT-NeoX-20B + OpenFlamingo's tokens
+    ids = batch["input_ids"]
+    assert ids.shape == (2, 60) and batch["images"].shape == (2, 3, 1, 3, 32, 32)
+    assert (ids == media).sum(dim=1).tolist() == [3, 3]
+    assert (ids == eoc).sum(dim=1).tolist() == [3, 3]
+    assert ids.max() <= media and batch["attention_mask"].all()
+    assert torch.equal(batch["labels"] == -100, ids == media)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp_bf16"])
+def test_benchmark_runs_the_training_step_and_reports_one_json_line(precision, bench, capsys, neox):
+    result = bench.main([*TINY, "--precision", precision, "--steps", "3", "--warmup", "1"])
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert bench.json.loads(printed) == result
+    times = result["step_time_s"]
+    assert times["min"] <= times["median"] <= times["max"]
+    assert result["samples_per_s"] == pytest.approx(4 / times["median"])
+    assert result["tokens_per_s"] == pytest.approx((2 * 16 + 2 * 48) / times["median"])
+    assert result["achieved_tflops"] == pytest.approx(
+        result["flops_per_step"] / times["median"] / 1e12
+    )
+    assert result["mfu"] is None and result["peak_memory_gib"] is None  # no GPU here
+    # four real AdamW steps (lr 1e-4) on one batch: the loss goes down every step
+    losses = result["losses"]
+    assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:], strict=False))
+
+
+def test_bad_benchmark_flags_are_explained(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tokenizer_path", str(tmp_path / "missing")])
+    assert "fetch_test_assets.py" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--max_tokens_interleaved", "8", "--images_per_doc", "6"])
+    assert "room for the <image> chunks" in capsys.readouterr().err
