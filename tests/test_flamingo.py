@@ -243,3 +243,24 @@ def test_bfloat16_model_agrees_with_float32(family, make_flamingo):
     assert similarity.min() > 0.99
     out = model16.generate(vision, ids, max_new_tokens=4, num_beams=2)
     assert out.shape[1] > ids.shape[1]
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generation_computes_the_media_keys_values_once(num_beams, make_flamingo, monkeypatch):
+    model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
+    blocks = [b for b in model.lang_encoder.gated_cross_attn_layers if b is not None]
+    calls = []
+    for block in blocks:
+        block.attn.to_kv.register_forward_hook(lambda *_: calls.append(1))
+    ids = tokenizer(["<image>a cat<|endofchunk|><image>a"] * 2, return_tensors="pt").input_ids
+    settings = dict(num_beams=num_beams, min_new_tokens=6, max_new_tokens=6)
+    cached = model.generate(images(2, 2), ids, **settings)
+    assert len(calls) == len(blocks)  # the prompt step only, not once per new token
+
+    from open_flamingo.src.flamingo_lm import MediaConditioning
+
+    monkeypatch.setattr(MediaConditioning, "media_kv_cache", lambda self: None)
+    calls.clear()
+    recomputed = model.generate(images(2, 2), ids, **settings)
+    assert len(calls) == 6 * len(blocks)
+    assert torch.equal(cached, recomputed)

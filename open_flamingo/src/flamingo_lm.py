@@ -14,7 +14,7 @@ What the blocks attend to lives in one `MediaConditioning` object per model, set
 `Flamingo.forward` / `generate` / `cache_media` and cleared by them.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -36,6 +36,8 @@ class MediaConditioning:
         follows, 0 before the first image.
     use_cached_locations: generation / cache_media mode. Then an input without `<image>` tokens
         (a decoding step) follows the last image of the conditioned prompt, as upstream does.
+    media_kv: in that mode and without autograd, each cross-attention layer's keys and values
+        of `latents`, computed at the first call and reused by every decoding step.
     """
 
     media_token_id: int
@@ -43,6 +45,7 @@ class MediaConditioning:
     media_locations: torch.Tensor | None = None
     text_time: torch.Tensor | None = None
     use_cached_locations: bool = False
+    media_kv: dict = field(default_factory=dict)
 
     @property
     def is_conditioned(self) -> bool:
@@ -53,6 +56,13 @@ class MediaConditioning:
         self.media_locations = None
         self.text_time = None
         self.use_cached_locations = False
+        self.media_kv = {}
+
+    def media_kv_cache(self) -> dict | None:
+        """Where cross-attention may keep the media's keys and values, or None (training)."""
+        if self.use_cached_locations and not torch.is_grad_enabled():
+            return self.media_kv
+        return None
 
     def pre_forward_hook(self, lang_encoder: nn.Module, args: tuple, kwargs: dict) -> None:
         """Forward pre-hook on the LM: every call, generate's steps included, locates media."""
@@ -122,7 +132,9 @@ class FlamingoDecoderLayer(nn.Module):
 
     def _forward(self, hidden_states, latents, text_time, *args, **kwargs):
         if self.gated_cross_attn_layer is not None:
-            hidden_states = self.gated_cross_attn_layer(hidden_states, latents, text_time)
+            hidden_states = self.gated_cross_attn_layer(
+                hidden_states, latents, text_time, self.conditioning.media_kv_cache()
+            )
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):

@@ -166,14 +166,35 @@ class MaskedCrossAttention(nn.Module):
         self.to_out = nn.Linear(inner_dim, dim, bias=False)
         self.only_attend_immediate_media = only_attend_immediate_media
 
-    def forward(
-        self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor
-    ) -> torch.Tensor:
-        """x: (B, L, D) text; media: (B, T, n, Dv) latents; text_time: (B, L). Returns (B, L, D)."""
+    def media_keys_values(self, media: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """media: (B, T, n, Dv) latents -> keys, values: (B, h, T*n, d) each."""
         b, t, n, _ = media.shape
-        q = _split_heads(self.to_q(self.norm(x)), self.heads)  # (B, h, L, d)
         media = media.reshape(b, t * n, media.shape[-1])  # (B, T*n, Dv)
         k, v = (_split_heads(z, self.heads) for z in self.to_kv(media).chunk(2, dim=-1))
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        media: torch.Tensor,
+        text_time: torch.Tensor,
+        media_kv_cache: dict | None = None,
+    ) -> torch.Tensor:
+        """x: (B, L, D) text; media: (B, T, n, Dv) latents; text_time: (B, L). Returns (B, L, D).
+
+        media_kv_cache: during decoding the media do not change between steps, so their keys and
+        values are computed once per media tensor and kept here (keyed by this module).
+        """
+        b, t, n, _ = media.shape
+        q = _split_heads(self.to_q(self.norm(x)), self.heads)  # (B, h, L, d)
+        if media_kv_cache is None:
+            k, v = self.media_keys_values(media)
+        else:
+            cached = media_kv_cache.get(id(self))
+            if cached is None or cached[0] is not media:
+                cached = (media, *self.media_keys_values(media))
+                media_kv_cache[id(self)] = cached
+            k, v = cached[1:]
         mask, has_media = media_attention_mask(text_time, t, n, self.only_attend_immediate_media)
         q = q * has_media[:, None, :, None].to(q.dtype)  # uniform weights where nothing allowed
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
@@ -210,9 +231,13 @@ class GatedCrossAttentionBlock(nn.Module):
         self.ff_gate = nn.Parameter(torch.tensor([0.0]))
 
     def forward(
-        self, x: torch.Tensor, media: torch.Tensor, text_time: torch.Tensor
+        self,
+        x: torch.Tensor,
+        media: torch.Tensor,
+        text_time: torch.Tensor,
+        media_kv_cache: dict | None = None,
     ) -> torch.Tensor:
         """x: (B, L, D); media: (B, T, n, Dv); text_time: (B, L). Returns (B, L, D)."""
-        x = self.attn(x, media, text_time) * self.attn_gate.tanh() + x
+        x = self.attn(x, media, text_time, media_kv_cache) * self.attn_gate.tanh() + x
         x = self.ff(x) * self.ff_gate.tanh() + x
         return x

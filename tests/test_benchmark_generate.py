@@ -1,0 +1,43 @@
+"""scripts/benchmark_generate.py: upstream's few-shot captioning workload, reported per setting.
+
+Speed itself is measured on the GPU (docs/benchmarks.md), never here.
+"""
+
+import json
+
+import pytest
+
+from conftest import load_script
+
+
+@pytest.fixture(scope="module")
+def bench(assets):
+    return load_script("benchmark_generate")
+
+
+def test_the_prompt_is_upstreams_4_shot_captioning_prompt(bench):
+    tokenizer = bench.load_flamingo_tokenizer(str(bench.GPT_NEOX_TOKENIZER))
+    ids = bench.few_shot_prompt(tokenizer, 4)
+    assert ids.numel() == 79  # ../shared/notes/performance.md
+    assert ids.tolist().count(tokenizer.convert_tokens_to_ids("<image>")) == 5
+    assert ids.tolist().count(tokenizer.convert_tokens_to_ids("<|endofchunk|>")) == 4
+    text = tokenizer.decode(ids)
+    assert text.startswith("<image>Output:A man") and text.endswith("<image>Output:")
+
+
+def test_benchmark_generates_exactly_the_new_tokens_and_reports_queries_per_s(bench, capsys):
+    results = bench.main(
+        [
+            "--lm", "tiny-mpt", "--vision_encoder_path", "ViT-Tiny-16", "--batch_size", "2",
+            "--new_tokens", "5", "--num_beams", "3", "1", "--batches", "2", "--warmup", "1",
+        ]
+    )  # fmt: skip
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert printed == results
+    assert [r["num_beams"] for r in results] == [3, 1]
+    for result in results:
+        assert result["new_tokens"] == 5
+        assert result["images_per_query"] == 5 and result["prompt_tokens"] == 79
+        times = result["batch_time_s"]
+        assert times["min"] <= times["median"] <= times["max"]
+        assert result["queries_per_s"] == pytest.approx(2 / times["median"])
