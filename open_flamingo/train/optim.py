@@ -36,15 +36,19 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(
     model: nn.Module, learning_rate: float, weight_decay: float, cpu_offload: bool = False
 ):
-    """AdamW over the trainable parameters: DeepSpeed's CPU Adam when the optimizer is offloaded
-    to CPU (accelerate_configs/*_slurm.yaml), else torch's (fused kernels on CUDA)."""
-    groups = parameter_groups(model, weight_decay)
-    if cpu_offload:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
+    """torch's AdamW over the trainable parameters (fused kernels on CUDA).
 
-        return DeepSpeedCPUAdam(groups, lr=learning_rate, adamw_mode=True)
-    fused = torch.cuda.is_available() and all(
-        p.is_cuda for p in model.parameters() if p.requires_grad
+    With the optimizer offloaded to CPU (`cpu_offload`, accelerate_configs/*_slurm.yaml),
+    `accelerator.prepare` swaps whatever optimizer it is given for a DeepSpeedCPUAdam over the
+    same parameter groups, in AdamW mode only when it was given a `torch.optim.AdamW`. Anything
+    else, a DeepSpeedCPUAdam(adamw_mode=True) included, comes back as Adam with the weight decay
+    added to the gradient (L2), which trains differently from DDP. So torch's AdamW is handed
+    over in that case too, unfused, and DeepSpeed's CPU Adam steps it as AdamW."""
+    groups = parameter_groups(model, weight_decay)
+    fused = (
+        not cpu_offload
+        and torch.cuda.is_available()
+        and all(p.is_cuda for p in model.parameters() if p.requires_grad)
     )
     return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
 
