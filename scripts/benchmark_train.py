@@ -177,7 +177,9 @@ def run(args) -> dict:
     torch.manual_seed(0)
     model = build_model(args, tokenizer, accelerator.device)
     cast_for_precision(model, args.precision, accelerator.distributed_type.name)
-    optimizer = build_optimizer(model, learning_rate=1e-4, weight_decay=0.1)
+    optimizer = build_optimizer(
+        model, learning_rate=1e-4, weight_decay=0.1, device=accelerator.device
+    )
     model, optimizer = accelerator.prepare(model, optimizer)
     if args.compile:
         flamingo = accelerator.unwrap_model(model)

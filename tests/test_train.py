@@ -554,6 +554,31 @@ def test_offloaded_optimizer_becomes_cpu_adam_in_adamw_mode(tiny, monkeypatch):
     assert (after - before).abs().mean() > 0.9e-3
 
 
+def test_adamw_is_fused_where_it_will_step_on_cuda(tiny):
+    from open_flamingo.train.optim import build_optimizer
+
+    model = fresh_model(tiny)  # on the CPU: the trainer builds the optimizer before prepare()
+
+    def fused(**where):
+        return {group["fused"] for group in build_optimizer(model, 1e-3, 0.1, **where).param_groups}
+
+    assert fused(device="cuda") == {True}
+    assert fused() == {None}  # where the parameters are now: the CPU
+    assert fused(device="cuda", cpu_offload=True) == {None}  # DeepSpeed's CPU Adam steps
+
+
+def test_the_log_names_the_optimizer_that_steps():
+    from types import SimpleNamespace
+
+    from open_flamingo.train.train_omnicorpus import stepping_optimizer_name
+
+    adamw = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])
+    assert stepping_optimizer_name(adamw) == "AdamW"
+    # accelerate's wrapper around DeepSpeed's ZeRO optimizer around the basic optimizer
+    wrapped = SimpleNamespace(optimizer=SimpleNamespace(optimizer=adamw))
+    assert stepping_optimizer_name(wrapped) == "AdamW"
+
+
 def test_non_finite_losses_are_skipped_without_an_update(tiny, tmp_path, monkeypatch):
     from open_flamingo.train.step import TrainStep
 

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .flamingo import Flamingo
+from .mpt_attention import use_sdpa_for_mpt
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def assemble_flamingo(
     must already hold the special tokens) and its tokenizer, with upstream's trainable set.
     `create_model_and_transforms` loads the parts; benchmarks pass randomly initialised ones."""
     vision_encoder.output_tokens = True
+    use_sdpa_for_mpt(lang_encoder)  # transformers' MPT has only an eager attention
     lang_encoder.resize_token_embeddings(len(tokenizer))
     model = Flamingo(
         vision_encoder,

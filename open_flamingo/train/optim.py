@@ -34,9 +34,15 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(
-    model: nn.Module, learning_rate: float, weight_decay: float, cpu_offload: bool = False
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    cpu_offload: bool = False,
+    device: torch.device | str | None = None,
 ):
-    """torch's AdamW over the trainable parameters (fused kernels on CUDA).
+    """torch's AdamW over the trainable parameters, with fused kernels when they will step on
+    CUDA: `device` is where the run puts the model (`accelerator.device`; the optimizer is
+    built before `accelerator.prepare` moves it), by default where its parameters are now.
 
     With the optimizer offloaded to CPU (`cpu_offload`, accelerate_configs/*_slurm.yaml),
     `accelerator.prepare` swaps whatever optimizer it is given for a DeepSpeedCPUAdam over the
@@ -45,11 +51,9 @@ def build_optimizer(
     added to the gradient (L2), which trains differently from DDP. So torch's AdamW is handed
     over in that case too, unfused, and DeepSpeed's CPU Adam steps it as AdamW."""
     groups = parameter_groups(model, weight_decay)
-    fused = (
-        not cpu_offload
-        and torch.cuda.is_available()
-        and all(p.is_cuda for p in model.parameters() if p.requires_grad)
-    )
+    if device is None:
+        device = next(p.device for p in model.parameters() if p.requires_grad)
+    fused = not cpu_offload and torch.device(device).type == "cuda"
     return torch.optim.AdamW(groups, lr=learning_rate, fused=fused or None)
 
 

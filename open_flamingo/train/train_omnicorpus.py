@@ -46,6 +46,15 @@ def build_loaders(args, image_processor, tokenizer, accelerator) -> dict:
     return loaders
 
 
+def stepping_optimizer_name(optimizer) -> str:
+    """The class that updates the weights, under accelerate's and DeepSpeed's wrappers (with
+    the optimizer offloaded, DeepSpeed replaces the AdamW it is given by its CPU Adam)."""
+    inner = optimizer
+    while getattr(inner, "optimizer", inner) is not inner:
+        inner = inner.optimizer
+    return type(inner).__name__
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     run_dir = Path(args.external_save_dir or ".") / args.run_name
@@ -79,10 +88,13 @@ def main(argv=None) -> int:
         args.num_epochs * len(loaders["interleaved"]) / args.gradient_accumulation_steps
     )
     optimizer = build_optimizer(
-        model, args.learning_rate, args.weight_decay, cpu_offload=optimizer_offloaded()
+        model,
+        args.learning_rate,
+        args.weight_decay,
+        cpu_offload=optimizer_offloaded(),
+        device=accelerator.device,
     )
     scheduler = build_scheduler(optimizer, args.lr_scheduler, args.warmup_steps, total_steps)
-    optimizer_name = type(optimizer).__name__
     model, optimizer = accelerator.prepare(model, optimizer)
 
     state = TrainerState()
@@ -106,7 +118,7 @@ def main(argv=None) -> int:
         n_trainable,
         len(loaders["interleaved"]),
         total_steps,
-        optimizer_name,
+        stepping_optimizer_name(optimizer),
     )
     Trainer(args, accelerator, model, optimizer, scheduler, loaders, run_dir, state).train()
     return 0

@@ -1,0 +1,113 @@
+"""Scaled-dot-product attention for Hugging Face's MPT.
+
+transformers' `MptAttention` only has an eager path: it materialises the (B, h, L, K) scores,
+adds ALiBi, and keeps a float32 softmax of them for backward — at OF-3B training shapes about
+0.8 GB per layer, 19 GB over 24 layers. Here the same attention runs through
+`torch.nn.functional.scaled_dot_product_attention` (fused kernels, nothing of size L x K kept),
+with ALiBi and the causal / padding mask folded into one additive mask. That mask is built once
+per LM call and shared by all layers.
+
+Numerics: the eager path adds ALiBi to the scores and puts `finfo.min` at masked positions
+before the softmax; the additive mask here holds exactly those values, so float32 results agree
+to rounding (tests/test_mpt_attention.py), and in bfloat16 the kernel keeps the scores in float32
+where eager rounds them to bfloat16.
+"""
+
+import types
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class _SharedMask:
+    """The additive mask of the current LM call, reused by every layer (same inputs)."""
+
+    def __init__(self):
+        self.inputs: tuple | None = None
+        self.mask: torch.Tensor | None = None
+
+    def get(self, position_bias, attention_mask, dtype, key_length) -> torch.Tensor:
+        inputs = (position_bias, attention_mask, dtype, key_length)
+        if self.inputs is None or any(a is not b for a, b in zip(self.inputs, inputs, strict=True)):
+            self.mask = additive_mask(position_bias, attention_mask, dtype, key_length)
+            self.inputs = inputs
+        return self.mask
+
+
+def additive_mask(
+    position_bias: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    dtype: torch.dtype,
+    key_length: int,
+) -> torch.Tensor | None:
+    """position_bias: (h, 1, S) ALiBi over the model's max length; attention_mask: (B, 1, L, K)
+    bool, True = masked. Returns (B | 1, h | 1, L | 1, K) in `dtype`: ALiBi of the last K keys,
+    `finfo(dtype).min` where masked.
+
+    A query that may see no key at all (a left-padding position) is left unmasked instead. Eager
+    MPT gives such rows uniform weights; SDPA kernels get their backward wrong for them (the
+    log-sum-exp of a row of `finfo.min` is `finfo.min` itself). Either way the row is padding:
+    its output reaches no real token (it is a masked key everywhere) and no loss.
+    """
+    mask = None
+    if position_bias is not None:
+        mask = position_bias[None, :, :, -key_length:].to(dtype)  # (1, h, 1, K)
+    if attention_mask is not None:
+        base = mask if mask is not None else torch.zeros((), dtype=dtype)
+        blind = attention_mask.all(dim=-1, keepdim=True)  # (B, 1, L, 1)
+        hidden = attention_mask & ~blind
+        mask = base.to(attention_mask.device).masked_fill(hidden, torch.finfo(dtype).min)
+    return mask
+
+
+def _sdpa_forward(
+    self,
+    hidden_states: torch.Tensor,
+    position_bias: torch.Tensor,
+    cache=None,
+    attention_mask: torch.Tensor | None = None,
+    past_key_values=None,
+    **kwargs,
+):
+    """MptAttention.forward through SDPA. hidden_states: (B, L, D). Returns ((B, L, D), None)."""
+    cache = cache if cache is not None else past_key_values  # transformers >= 5.24 / earlier
+    batch_size, seq_length = hidden_states.shape[:2]
+    qkv = self.Wqkv(hidden_states)
+    if self.clip_qkv:
+        qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
+    q, k, v = (
+        t.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
+        for t in qkv.chunk(3, dim=2)
+    )  # (B, h, L, d) each
+    if cache is not None:
+        k, v = cache.update(k, v, self.layer_idx)
+    mask = self._shared_mask.get(position_bias, attention_mask, q.dtype, k.shape[-2])
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=self.attn_dropout_p if self.training else 0.0,
+        scale=self.softmax_scale,
+    )  # (B, h, L, d)
+    out = out.transpose(1, 2).reshape(batch_size, seq_length, -1)
+    return self.out_proj(out), None
+
+
+def use_sdpa_for_mpt(lang_encoder: nn.Module) -> int:
+    """Run every MptAttention of `lang_encoder` through SDPA (in place); returns how many.
+
+    Only the bound `forward` changes: module classes, parameters and state-dict keys stay.
+    Attention weights are not materialised: with `output_attentions=True` they come back None.
+    """
+    from transformers.models.mpt.modeling_mpt import MptAttention
+
+    shared = _SharedMask()
+    patched = 0
+    for module in lang_encoder.modules():
+        if isinstance(module, MptAttention):
+            module._shared_mask = shared
+            module.forward = types.MethodType(_sdpa_forward, module)
+            patched += 1
+    return patched
