@@ -17,7 +17,9 @@ PADDING = [0, 5, 12]  # left padding per row
 @pytest.fixture
 def models():
     torch.manual_seed(0)
-    eager = AutoModelForCausalLM.from_config(lm_config("mpt", num_layers=3))
+    config = lm_config("mpt", num_layers=3)
+    config.max_seq_len = 512
+    eager = AutoModelForCausalLM.from_config(config)
     fast = copy.deepcopy(eager)
     assert use_sdpa_for_mpt(fast) == 3
     return eager, fast
@@ -88,7 +90,11 @@ def test_one_mask_per_lm_call_shared_by_all_layers(models, monkeypatch):
     built = []
     real = mpt_attention.additive_mask
     monkeypatch.setattr(mpt_attention, "additive_mask", lambda *a: built.append(1) or real(*a))
-    ids, mask = batch()
+    # longer than 256 tokens: lengths are compared as values (ints above 256 are distinct
+    # objects, which once made every layer rebuild the mask)
+    ids = torch.randint(0, 250, (2, 300))
+    mask = torch.ones_like(ids)
+    mask[1, :7] = 0
     with torch.no_grad():
         fast(ids, attention_mask=mask)
         fast(ids, attention_mask=mask)

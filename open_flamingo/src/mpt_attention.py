@@ -29,7 +29,12 @@ class _SharedMask:
 
     def get(self, position_bias, attention_mask, dtype, key_length) -> torch.Tensor:
         inputs = (position_bias, attention_mask, dtype, key_length)
-        if self.inputs is None or any(a is not b for a, b in zip(self.inputs, inputs, strict=True)):
+        if (
+            self.inputs is None
+            or self.inputs[0] is not position_bias  # tensors: the same objects
+            or self.inputs[1] is not attention_mask
+            or self.inputs[2:] != (dtype, key_length)  # values
+        ):
             self.mask = additive_mask(position_bias, attention_mask, dtype, key_length)
             self.inputs = inputs
         return self.mask
