@@ -254,7 +254,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cross_attn_every_n_layers", type=int, default=1)
     parser.add_argument("--precision", choices=("fp32", "amp_bf16", "bf16"), default="amp_bf16")
     parser.add_argument("--compile", action="store_true", help="torch.compile the layers")
-    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument(
+        "--gradient_checkpointing", nargs="?", const="full", choices=("full", "selective")
+    )
     parser.add_argument("--steps", type=int, default=6, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak_tflops", type=float, default=None, help="for MFU off the H100")

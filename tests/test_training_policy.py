@@ -105,6 +105,51 @@ def test_gradient_checkpointing_recomputes_and_saves_memory(family, make_flaming
         torch.testing.assert_close(grads[True][name], grads[False][name], rtol=0, atol=1e-6)
 
 
+def two_forwards_one_backward(model, tokenizer, autocast: bool):
+    """A training step's shape: two batches forward in one autocast region, one backward.
+    Returns the backward's FLOPs and the gradients."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    randomize_gates(model)
+    model.train()
+    vision, ids, mask = training_batch(tokenizer, batch=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = sum(
+            model(vision[:n], ids[:n], attention_mask=mask[:n], labels=ids[:n]).loss for n in (2, 4)
+        )
+    with FlopCounterMode(display=False) as counter:
+        loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return counter.get_total_flops(), grads
+
+
+@pytest.mark.parametrize("family", ["mpt", "llama3-gqa"])
+def test_selective_checkpointing_recomputes_no_matmul_and_keeps_gradients(family, make_flamingo):
+    """ "selective" reruns each layer's elementwise ops in backward but no matmul: backward
+    FLOPs are those of no checkpointing, where "full" recomputes the forward matmuls too."""
+    flops, grads = {}, {}
+    for policy in (False, "selective", "full"):
+        model, _, tokenizer = make_flamingo(family, gradient_checkpointing=policy)
+        flops[policy], grads[policy] = two_forwards_one_backward(model, tokenizer, False)
+    assert flops["selective"] == flops[False] < flops["full"]
+    for name, grad in grads[False].items():
+        assert torch.equal(grads["selective"][name], grad), name
+
+
+def test_selective_checkpointing_under_autocast(make_flamingo):
+    """Under bfloat16 autocast a checkpointed layer casts its float32 weights itself, where
+    without checkpointing both forwards share autocast's cached cast and sum their weight
+    gradients in bfloat16 before the float32 update; so gradients agree to bfloat16 rounding
+    (not bit for bit), and no extra matmul runs."""
+    model, _, tokenizer = make_flamingo("mpt")
+    flops_plain, plain = two_forwards_one_backward(model, tokenizer, True)
+    model, _, tokenizer = make_flamingo("mpt", gradient_checkpointing="selective")
+    flops_selective, selective = two_forwards_one_backward(model, tokenizer, True)
+    assert flops_selective == flops_plain
+    for name, grad in plain.items():
+        torch.testing.assert_close(selective[name], grad, rtol=2e-2, atol=2e-2 * grad.abs().max())
+
+
 def test_gradient_checkpointing_can_be_switched(make_flamingo):
     model, _, _ = make_flamingo("llama")
     model.set_gradient_checkpointing(True)
@@ -112,5 +157,9 @@ def test_gradient_checkpointing_can_be_switched(make_flamingo):
     assert all(
         m.gradient_checkpointing for m in model.modules() if isinstance(m, FlamingoDecoderLayer)
     )
+    model.set_gradient_checkpointing("selective")
+    assert model.perceiver.gradient_checkpointing == "selective"
+    with pytest.raises(ValueError, match="selective"):
+        model.set_gradient_checkpointing("some")
     model.set_gradient_checkpointing(False)
     assert not model.perceiver.gradient_checkpointing

@@ -70,7 +70,7 @@ def assemble_flamingo(
     tokenizer,
     cross_attn_every_n_layers: int = 1,
     freeze_lm_embeddings: bool = False,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool | str = False,
     decoder_layers_attr_name: str | None = None,
     **flamingo_kwargs,
 ) -> Flamingo:
@@ -107,7 +107,7 @@ def create_model_and_transforms(
     decoder_layers_attr_name: str | None = None,
     freeze_lm_embeddings: bool = False,
     cache_dir: str | None = None,
-    gradient_checkpointing: bool = False,
+    gradient_checkpointing: bool | str = False,
     trust_remote_code: bool = False,
     **flamingo_kwargs,
 ):
@@ -125,7 +125,8 @@ def create_model_and_transforms(
             in `open_flamingo.src.lm_registry`.
         freeze_lm_embeddings: keep the LM input embeddings frozen.
         cache_dir: download cache for open_clip and Hugging Face.
-        gradient_checkpointing: recompute activations in backward to save memory.
+        gradient_checkpointing: recompute activations in backward to save memory: True or
+            "full" (whole layers), or "selective" (elementwise ops only, no extra matmuls).
         trust_remote_code: allow Hugging Face remote code (upstream always enabled it; here it
             is opt-in).
         **flamingo_kwargs: passed to `Flamingo`.

@@ -13,6 +13,7 @@ from .checkpoint import map_upstream_aliases
 from .flamingo_lm import FlamingoDecoderLayer, MediaConditioning, insert_gated_cross_attention
 from .helpers import PerceiverResampler
 from .lm_registry import infer_decoder_layers_attr_name, lm_hidden_size
+from .recompute import normalize_policy
 
 
 class Flamingo(nn.Module):
@@ -27,7 +28,8 @@ class Flamingo(nn.Module):
         vis_dim: width of the vision tokens (open_clip `vision_cfg.width`, 1024 for ViT-L-14).
         cross_attn_every_n_layers: a block before decoder layer i when (i + 1) % n == 0.
         gradient_checkpointing: recompute perceiver and (cross-attention + decoder) layers in
-            backward instead of storing their activations.
+            backward instead of storing their activations: True / "full", or "selective"
+            (only elementwise ops are recomputed).
         decoder_layers_attr_name: dotted path of the LM's decoder-layer list; inferred from the
             LM's model type when None.
     """
@@ -40,7 +42,7 @@ class Flamingo(nn.Module):
         media_token_id: int,
         vis_dim: int,
         cross_attn_every_n_layers: int = 1,
-        gradient_checkpointing: bool = False,
+        gradient_checkpointing: bool | str = False,
         decoder_layers_attr_name: str | None = None,
     ):
         super().__init__()
@@ -169,12 +171,17 @@ class Flamingo(nn.Module):
         """Drop media cached by `cache_media`."""
         self._conditioning.clear()
 
-    def set_gradient_checkpointing(self, enable: bool = True) -> None:
-        """Recompute perceiver layers and (cross-attention + decoder) layers in backward."""
-        self.perceiver.gradient_checkpointing = enable
+    def set_gradient_checkpointing(self, enable: bool | str = True) -> None:
+        """Recompute perceiver layers and (cross-attention + decoder) layers in backward.
+
+        enable: True or "full" (recompute whole layers), "selective" (keep matmul and attention
+        outputs, recompute the elementwise rest; open_flamingo/src/recompute.py), False: off.
+        """
+        policy = normalize_policy(enable)
+        self.perceiver.gradient_checkpointing = policy
         for module in self.lang_encoder.modules():
             if isinstance(module, FlamingoDecoderLayer):
-                module.gradient_checkpointing = enable
+                module.gradient_checkpointing = policy
 
     # ------------------------------------------------------------------ internals
     def _encode_vision_x(self, vision_x: torch.Tensor) -> torch.Tensor:

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .helpers import GatedCrossAttentionBlock
 from .lm_registry import get_submodule_by_path
+from .recompute import checkpointed
 
 _CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
 
@@ -128,7 +128,7 @@ class FlamingoDecoderLayer(nn.Module):
         self.decoder_layer = decoder_layer
         object.__setattr__(self, "gated_cross_attn_layer", gated_cross_attn_layer)
         object.__setattr__(self, "conditioning", conditioning)
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing: str | None = None  # None, "full" or "selective"
 
     def _forward(self, hidden_states, latents, text_time, *args, **kwargs):
         if self.gated_cross_attn_layer is not None:
@@ -154,13 +154,13 @@ class FlamingoDecoderLayer(nn.Module):
         ):
             # The media are explicit inputs, so the recomputation in backward sees the same
             # conditioning even after the forward call has cleared it.
-            return checkpoint(
+            return checkpointed(
+                self.gradient_checkpointing,
                 self._forward,
                 hidden_states,
                 cond.latents,
                 cond.text_time,
                 *args,
-                use_reentrant=False,
                 **kwargs,
             )
         return self._forward(hidden_states, cond.latents, cond.text_time, *args, **kwargs)

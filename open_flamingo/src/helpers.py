@@ -11,7 +11,8 @@ L text tokens, h heads, d head dim.
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+
+from .recompute import checkpointed
 
 
 def FeedForward(dim: int, mult: int = 4) -> nn.Sequential:
@@ -97,7 +98,7 @@ class PerceiverResampler(nn.Module):
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
-        self.gradient_checkpointing = False
+        self.gradient_checkpointing: str | None = None  # None, "full" or "selective"
 
     def _block(self, attn: nn.Module, ff: nn.Module, x: torch.Tensor, latents: torch.Tensor):
         latents = attn(x, latents) + latents
@@ -112,10 +113,10 @@ class PerceiverResampler(nn.Module):
         if self.media_time_embs is not None:
             x = x + self.media_time_embs[:t]
         latents = self.latents.expand(b, t, *self.latents.shape)  # (B, T, n, D)
-        use_checkpoint = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        policy = self.gradient_checkpointing if self.training and torch.is_grad_enabled() else None
         for attn, ff in self.layers:
-            if use_checkpoint:
-                latents = checkpoint(self._block, attn, ff, x, latents, use_reentrant=False)
+            if policy:
+                latents = checkpointed(policy, self._block, attn, ff, x, latents)
             else:
                 latents = self._block(attn, ff, x, latents)
         return self.norm(latents)

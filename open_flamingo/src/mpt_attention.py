@@ -19,15 +19,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .recompute import in_checkpointed_region
+
 
 class _SharedMask:
-    """The additive mask of the current LM call, reused by every layer (same inputs)."""
+    """The additive mask of the current LM call, reused by every layer (same inputs).
+
+    Not inside a checkpointed layer: there the layer's replay in backward must run the same
+    ops as its forward, and nothing of the region is kept for backward anyway.
+    """
 
     def __init__(self):
         self.inputs: tuple | None = None
         self.mask: torch.Tensor | None = None
 
     def get(self, position_bias, attention_mask, dtype, key_length) -> torch.Tensor:
+        if in_checkpointed_region():
+            return additive_mask(position_bias, attention_mask, dtype, key_length)
         inputs = (position_bias, attention_mask, dtype, key_length)
         if (
             self.inputs is None

@@ -32,7 +32,15 @@ def build_parser(
     model.add_argument("--decoder_layers_attr_name", default=None)
     model.add_argument("--trust_remote_code", action="store_true")
     model.add_argument("--freeze_lm_embeddings", action="store_true")
-    model.add_argument("--gradient_checkpointing", action="store_true")
+    model.add_argument(
+        "--gradient_checkpointing",
+        nargs="?",
+        const="full",
+        default=None,
+        choices=("full", "selective"),
+        help="recompute activations in backward: 'full' (the default when given without a "
+        "value, as upstream) reruns whole layers; 'selective' recomputes only elementwise ops",
+    )
     model.add_argument(
         "--load_from_pretrained",
         default=None,
