@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, Cache, GPT2Config
 
 from open_flamingo import Flamingo
+from open_flamingo.src.mpt_attention import use_sdpa_for_mpt
 from tiny_models import FAMILIES, IMAGE_SIZE, randomize_gates
 
 EOC = 257  # <|endofchunk|> with the byte tokenizer
@@ -28,6 +29,7 @@ def test_closed_gates_give_the_plain_lm_logits(family, make_flamingo, tiny_lm_di
     model, _, tokenizer = make_flamingo(family)
     model.eval()
     lm = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs[family]).eval()
+    use_sdpa_for_mpt(lm)  # as Flamingo runs MPT (tests/test_mpt_attention.py: eager vs SDPA)
     lm.resize_token_embeddings(len(tokenizer))
     batch = tokenizer(
         ["text<image>a cat<|endofchunk|><image>a dog", "<image>x"],

@@ -554,6 +554,18 @@ def test_offloaded_optimizer_becomes_cpu_adam_in_adamw_mode(tiny, monkeypatch):
     assert (after - before).abs().mean() > 0.9e-3
 
 
+def test_a_launch_config_this_machine_cannot_run_is_refused(tiny, tmp_path):
+    """The FSDP config on a machine without GPUs: accelerate would make each of the launched
+    processes a lone, unsynchronised run; the trainer stops with the reason instead."""
+    run = tmp_path / "fsdp_on_cpu"
+    process = launch(tiny, run, deepspeed_config="accelerate_config_fsdp.yaml")
+    code = process.wait(timeout=600)
+    log = (run.parent / f"{run.name}.log").read_text()
+    assert code != 0, log[-3000:]
+    assert "2 processes were launched" in log and "FSDP needs GPUs" in log, log[-3000:]
+    assert not list(run.glob("*checkpoint-*"))
+
+
 def test_adamw_is_fused_where_it_will_step_on_cuda(tiny):
     from open_flamingo.train.optim import build_optimizer
 

@@ -63,7 +63,7 @@ def make_accelerator(args, project_dir: str) -> Accelerator:
     plugin = deepspeed_plugin(args) if using_deepspeed() else None
     if plugin is not None and args.precision == "bf16":
         mixed_precision = "bf16"
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=mixed_precision,
         deepspeed_plugin=plugin,
@@ -71,3 +71,14 @@ def make_accelerator(args, project_dir: str) -> Accelerator:
         kwargs_handlers=handlers,
         project_dir=project_dir,
     )
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched_processes > 1 and accelerator.distributed_type.name == "NO":
+        # e.g. the FSDP config on a machine without GPUs: accelerate sets up no process group
+        # and every process would train alone, unsynchronised, writing the same checkpoints.
+        raise SystemExit(
+            f"{launched_processes} processes were launched, but accelerate set up no "
+            f"distributed backend for them (on {accelerator.device}): the launch config's "
+            "backend is not available on this machine. FSDP needs GPUs; on CPU use the ddp or "
+            "zero1 configs."
+        )
+    return accelerator
