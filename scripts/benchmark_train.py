@@ -156,8 +156,8 @@ def count_flops(args, tokenizer, batches) -> int:
     return counter.get_total_flops()
 
 
-def run(args) -> dict:
-    tokenizer = load_flamingo_tokenizer(str(args.tokenizer_path))
+def step_batches(args, tokenizer) -> tuple[dict, dict]:
+    """The step's (LAION, interleaved) batches at the flags' shapes."""
     image_size = open_clip.get_model_config(args.vision_encoder_path)["vision_cfg"]["image_size"]
     laion = synthetic_batch(
         tokenizer, args.batch_size_laion, args.max_tokens_laion, 1, image_size, seed=0
@@ -170,6 +170,12 @@ def run(args) -> dict:
         image_size,
         seed=1,
     )
+    return laion, interleaved
+
+
+def run(args) -> dict:
+    tokenizer = load_flamingo_tokenizer(str(args.tokenizer_path))
+    laion, interleaved = step_batches(args, tokenizer)
     flops = count_flops(args, tokenizer, (laion, interleaved))
 
     settings = step_args(args)

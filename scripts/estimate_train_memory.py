@@ -21,9 +21,8 @@ import argparse
 import json
 import weakref
 
-import open_clip
 import torch
-from benchmark_train import build_model, parse_args, synthetic_batch
+from benchmark_train import build_model, parse_args, step_batches
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
@@ -88,21 +87,7 @@ def to_empty_keeping_ties(model: torch.nn.Module) -> None:
 
 def estimate(args) -> dict:
     tokenizer = load_flamingo_tokenizer(str(args.tokenizer_path))
-    image_size = open_clip.get_model_config(args.vision_encoder_path)["vision_cfg"]["image_size"]
-    batches = [
-        (synthetic_batch(tokenizer, args.batch_size_laion, args.max_tokens_laion, 1, image_size, 0), 0.2),
-        (
-            synthetic_batch(
-                tokenizer,
-                args.batch_size_interleaved,
-                args.max_tokens_interleaved,
-                args.images_per_doc,
-                image_size,
-                1,
-            ),
-            1.0,
-        ),
-    ]  # fmt: skip
+    batches = list(zip(step_batches(args, tokenizer), (0.2, 1.0), strict=True))
     model = build_model(args, tokenizer, torch.device("meta"))
     if args.upstream_layout:  # transformers' eager MPT attention, every weight in float32
         for module in model.modules():

@@ -27,21 +27,6 @@ def neox(bench):
     return bench.load_flamingo_tokenizer(str(bench.GPT_NEOX_TOKENIZER))
 
 
-def batches(bench, tokenizer, args, image_size: int):
-    laion = bench.synthetic_batch(
-        tokenizer, args.batch_size_laion, args.max_tokens_laion, 1, image_size, seed=0
-    )
-    interleaved = bench.synthetic_batch(
-        tokenizer,
-        args.batch_size_interleaved,
-        args.max_tokens_interleaved,
-        args.images_per_doc,
-        image_size,
-        seed=1,
-    )
-    return laion, interleaved
-
-
 def test_of3b_model_and_step_are_upstreams(bench, neox):
     """The parameter counts and the FLOPs per step that ../shared/notes/performance.md records
     for upstream 2.0.1 at OF-3B shapes (1,046,992,944 of 2,559,019,056; 127.2 TFLOP)."""
@@ -49,13 +34,13 @@ def test_of3b_model_and_step_are_upstreams(bench, neox):
     model = bench.build_model(args, neox, torch.device("meta"))
     assert sum(p.numel() for p in model.parameters()) == 2_559_019_056
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1_046_992_944
-    flops = bench.count_flops(args, neox, batches(bench, neox, args, 224))
+    flops = bench.count_flops(args, neox, bench.step_batches(args, neox))
     assert flops / 1e12 == pytest.approx(127.2, abs=0.05)
 
 
 def test_fake_tensor_flops_equal_a_real_eager_step(bench, neox):
     args = bench.parse_args(TINY)
-    laion, interleaved = batches(bench, neox, args, 64)
+    laion, interleaved = bench.step_batches(args, neox)
     counted = bench.count_flops(args, neox, (laion, interleaved))
     model = bench.build_model(args, neox, torch.device("cpu"))
     # FlopCounterMode has no formula for the CPU flash-attention kernel; the math backend
