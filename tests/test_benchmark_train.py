@@ -90,3 +90,14 @@ def test_bad_benchmark_flags_are_explained(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--max_tokens_interleaved", "8", "--images_per_doc", "6"])
     assert "room for the <image> chunks" in capsys.readouterr().err
+
+
+def test_compiled_step_trains_as_the_eager_step(bench, capsys):
+    """--compile (torch.compile of each cross-attention + decoder layer) on the CPU's inductor:
+    the same losses as eager over five steps, the two batch shapes included."""
+    runs = {
+        compiled: bench.main([*TINY, "--precision", "fp32", "--steps", "2", "--warmup", "3", *flag])
+        for compiled, flag in ((False, []), (True, ["--compile"]))
+    }
+    assert runs[True]["compile"] and not runs[False]["compile"]
+    assert runs[True]["losses"] == pytest.approx(runs[False]["losses"], rel=1e-5)
