@@ -28,7 +28,6 @@ from types import SimpleNamespace
 import open_clip
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, LlamaConfig, MptConfig
 
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from open_flamingo.src.factory import assemble_flamingo, load_flamingo_tokenizer  # noqa: E402
 from open_flamingo.src.lm_registry import get_submodule_by_path  # noqa: E402
+from open_flamingo.train.args import build_parser  # noqa: E402
 from open_flamingo.train.distributed import make_accelerator  # noqa: E402
 from open_flamingo.train.metrics import peak_flops  # noqa: E402
 from open_flamingo.train.optim import build_optimizer  # noqa: E402
@@ -44,6 +44,14 @@ from open_flamingo.train.precision import cast_for_precision  # noqa: E402
 from open_flamingo.train.step import TrainStep  # noqa: E402
 
 GPT_NEOX_TOKENIZER = REPO / ".cache" / "assets" / "tokenizers" / "gpt-neox-20b"
+# train_omnicorpus.py's defaults for the flags the step reads
+_TRAINING = build_parser()
+MAX_GRAD_NORM = _TRAINING.get_default("max_grad_norm")
+# (LAION, interleaved) loss weights, in the order of step_batches
+LOSS_MULTIPLIERS = (
+    _TRAINING.get_default("loss_multiplier_laion"),
+    _TRAINING.get_default("loss_multiplier_interleaved"),
+)
 
 
 def lm_config(name: str):
@@ -122,37 +130,54 @@ def step_args(args) -> SimpleNamespace:
     return SimpleNamespace(
         precision=args.precision,
         gradient_accumulation_steps=1,
-        max_grad_norm=1.0,
-        loss_multiplier_interleaved=1.0,
-        loss_multiplier_laion=0.2,
+        max_grad_norm=MAX_GRAD_NORM,
+        loss_multiplier_laion=LOSS_MULTIPLIERS[0],
+        loss_multiplier_interleaved=LOSS_MULTIPLIERS[1],
         batch_size_interleaved=args.batch_size_interleaved,
         batch_size_laion=args.batch_size_laion,
         report_to_wandb=False,
     )
 
 
+def weighted_loss(model, batches) -> torch.Tensor:
+    """The step's loss of its (LAION, interleaved) batches: each loss times its multiplier."""
+    return sum(
+        model(b["images"], b["input_ids"], b["attention_mask"], b["labels"]).loss * multiplier
+        for b, multiplier in zip(batches, LOSS_MULTIPLIERS, strict=True)
+    )
+
+
+def to_empty_keeping_ties(model: torch.nn.Module, device: str) -> None:
+    """`model.to_empty(device=device)`, then the weights that were one Parameter (MPT's lm_head
+    and input embedding) made one again: to_empty gives each module its own copy."""
+    owners: dict[int, list[tuple[torch.nn.Module, str]]] = {}
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            owners.setdefault(id(param), []).append((module, name))
+    model.to_empty(device=device)
+    for shared in owners.values():
+        first_module, first_name = shared[0]
+        for module, name in shared[1:]:
+            setattr(module, name, getattr(first_module, first_name))
+
+
+def on_fake_tensors(model, batches, fake: FakeTensorMode, device: str) -> list[dict]:
+    """Give a meta-device `model` fake weights on `device` (inside `fake`); returns fake copies
+    of the batches there. Shapes and dtypes only: no memory, seconds on a CPU."""
+    to_empty_keeping_ties(model, device)
+    return [{k: fake.from_tensor(v.to(device)) for k, v in batch.items()} for batch in batches]
+
+
 def count_flops(args, tokenizer, batches) -> int:
     """Useful FLOPs of one step: forward + backward of both losses, eager and without
-    recomputation. Counted on fake tensors (shapes only: no memory, seconds on a CPU): the model
-    is built on the meta device and run with fake copies of its weights."""
+    recomputation, counted on fake tensors. They live on the meta device, where attention runs
+    as the matmuls FlopCounterMode counts (it has no formula for the CPU's fused kernel)."""
     model = build_model(args, tokenizer, torch.device("meta"))
     model.set_gradient_checkpointing(False)
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
-        weights = {}
-        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-            weights[name] = fake.from_tensor(tensor).requires_grad_(tensor.requires_grad)
+        fakes = on_fake_tensors(model, batches, fake, "meta")
         with FlopCounterMode(display=False) as counter:
-            losses = []
-            for batch, multiplier in zip(batches, (0.2, 1.0), strict=True):
-                inputs = {k: fake.from_tensor(v.to("meta")) for k, v in batch.items()}
-                out = functional_call(
-                    model,
-                    weights,
-                    (inputs["images"], inputs["input_ids"]),
-                    {"attention_mask": inputs["attention_mask"], "labels": inputs["labels"]},
-                )
-                losses.append(out.loss * multiplier)
-            sum(losses).backward()
+            weighted_loss(model, fakes).backward()
     return counter.get_total_flops()
 
 

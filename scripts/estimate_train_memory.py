@@ -22,7 +22,14 @@ import json
 import weakref
 
 import torch
-from benchmark_train import build_model, parse_args, step_batches
+from benchmark_train import (
+    MAX_GRAD_NORM,
+    build_model,
+    on_fake_tensors,
+    parse_args,
+    step_batches,
+    weighted_loss,
+)
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map_only
@@ -71,23 +78,9 @@ class StorageTracker(TorchDispatchMode):
         return out
 
 
-def to_empty_keeping_ties(model: torch.nn.Module) -> None:
-    """`model.to_empty(device="cpu")`, then the weights that were one Parameter (MPT's lm_head
-    and input embedding) made one again: to_empty gives each module its own copy."""
-    owners: dict[int, list[tuple[torch.nn.Module, str]]] = {}
-    for module in model.modules():
-        for name, param in module.named_parameters(recurse=False):
-            owners.setdefault(id(param), []).append((module, name))
-    model.to_empty(device="cpu")
-    for shared in owners.values():
-        first_module, first_name = shared[0]
-        for module, name in shared[1:]:
-            setattr(module, name, getattr(first_module, first_name))
-
-
 def estimate(args) -> dict:
     tokenizer = load_flamingo_tokenizer(str(args.tokenizer_path))
-    batches = list(zip(step_batches(args, tokenizer), (0.2, 1.0), strict=True))
+    batches = step_batches(args, tokenizer)
     model = build_model(args, tokenizer, torch.device("meta"))
     if args.upstream_layout:  # transformers' eager MPT attention, every weight in float32
         for module in model.modules():
@@ -97,27 +90,23 @@ def estimate(args) -> dict:
         cast_for_precision(model, args.precision)  # on meta: dtypes only
     autocast = PRECISION[args.precision][0] == "bf16"
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
-        to_empty_keeping_ties(model)
+        fakes = on_fake_tensors(model, batches, fake, "cpu")  # the CPU's autocast and kernels
         model.train()
         optimizer = build_optimizer(model, learning_rate=1e-4, weight_decay=0.1)
-        fakes = [({k: fake.from_tensor(v) for k, v in b.items()}, m) for b, m in batches]
         trainable = [p for p in model.parameters() if p.requires_grad]
 
         def step():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                losses = [
-                    model(b["images"], b["input_ids"], b["attention_mask"], b["labels"]).loss * m
-                    for b, m in fakes
-                ]
-            sum(losses).backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                loss = weighted_loss(model, fakes)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, MAX_GRAD_NORM)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
         step()  # creates the AdamW states
         tracker = StorageTracker()
         states = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
-        inputs = [t for b, _ in fakes for t in b.values()]
+        inputs = [t for b in fakes for t in b.values()]
         for tensor in [*model.parameters(), *model.buffers(), *states, *inputs]:
             tracker.add(tensor)
         static = tracker.current

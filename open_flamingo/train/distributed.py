@@ -52,8 +52,9 @@ def make_accelerator(args, project_dir: str) -> Accelerator:
             args.precision,
             mixed_precision,
         )
+    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
     handlers = []
-    if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if not torch.cuda.is_available() and launched_processes > 1:
         # multi-process CPU runs (tests, the demo): a gloo process group
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
     # accelerate keeps one mixed precision per Python process. A run started after another in
@@ -71,7 +72,6 @@ def make_accelerator(args, project_dir: str) -> Accelerator:
         kwargs_handlers=handlers,
         project_dir=project_dir,
     )
-    launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
     if launched_processes > 1 and accelerator.distributed_type.name == "NO":
         # e.g. the FSDP config on a machine without GPUs: accelerate sets up no process group
         # and every process would train alone, unsynchronised, writing the same checkpoints.
