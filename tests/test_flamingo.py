@@ -140,6 +140,27 @@ def test_generation_stops_at_endofchunk_by_default(make_flamingo):
     assert out.shape[1] == ids.shape[1] + 1 and out[0, -1].item() == EOC
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_generation_decodes_with_the_kv_cache_even_where_the_lm_config_disables_it(
+    num_beams, make_flamingo
+):
+    model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
+    assert model.lang_encoder.config.use_cache is False  # as MPT configs ship
+    lengths = []
+    model.lang_encoder.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    ids = tokenizer(["<image>a cat<|endofchunk|><image>a"] * 2, return_tensors="pt").input_ids
+    settings = dict(num_beams=num_beams, min_new_tokens=6, max_new_tokens=6)
+    cached = model.generate(images(2, 2), ids, **settings)
+    assert lengths == [ids.shape[1]] + [1] * 5  # the prompt once, then one token per step
+
+    lengths.clear()
+    uncached = model.generate(images(2, 2), ids, use_cache=False, **settings)
+    assert lengths == list(range(ids.shape[1], ids.shape[1] + 6))
+    assert torch.equal(cached, uncached)
+
+
 @pytest.mark.parametrize("family", ["mpt", "llama3-gqa", "gpt_neo"])
 def test_cache_media_scoring_with_kv_cache_equals_full_forward(family, make_flamingo):
     model, tokenizer = open_model(make_flamingo, family)

@@ -142,9 +142,12 @@ class Flamingo(nn.Module):
             lang_x: (B, L) prompt ids (left-pad batched prompts).
             attention_mask: (B, L).
             **kwargs: Hugging Face `generate` arguments (num_beams, max_new_tokens, do_sample,
-                ...). `eos_token_id` defaults to the `<|endofchunk|>` id.
+                ...). `eos_token_id` defaults to the `<|endofchunk|>` id. `use_cache` defaults
+                to True whatever the LM's config says: MPT configs ship `use_cache=False`, with
+                which every new token would re-run the whole prompt (same tokens, ~L x the work).
         """
         kwargs.setdefault("eos_token_id", self.eoc_token_id)
+        kwargs.setdefault("use_cache", True)
         cond = self._conditioning
         cond.latents = self._encode_vision_x(vision_x)
         cond.media_locations = None
