@@ -7,12 +7,16 @@ tokenizer) with its 5 images, exactly 20 new tokens, beam 3 and greedy, the mode
 The model is scripts/benchmark_train.py's (random init, same shapes).
 
 Prints one JSON line per decoding setting: seconds per batch (median / min / max over `--batches`
-after `--warmup`) and queries/s. Method: docs/benchmarks.md.
+after `--warmup`), queries/s, and a digest of the generated ids (settings that decode alike print
+the same digest). Method: docs/benchmarks.md.
 
-    python scripts/benchmark_generate.py                # beam 3 and greedy
+    python scripts/benchmark_generate.py                # beam 3 and greedy, dynamic KV cache
+    python scripts/benchmark_generate.py --static_cache # transformers' static KV cache
+    python scripts/benchmark_generate.py --compile      # static cache + compiled LM (CUDA graphs)
 """
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -21,6 +25,7 @@ import open_clip
 import torch
 from benchmark_train import GPT_NEOX_TOKENIZER, build_model
 
+from open_flamingo.src.decoding import compile_for_decoding
 from open_flamingo.src.factory import load_flamingo_tokenizer
 
 CAPTIONS = [
@@ -47,6 +52,8 @@ def timed_generate(model, vision_x, input_ids, args, num_beams: int, device) -> 
     }
     if num_beams > 1:
         settings["length_penalty"] = 0.0  # the captioning eval's setting
+    if args.static_cache:
+        settings["cache_implementation"] = "static"
     attention_mask = torch.ones_like(input_ids)
     cuda = device.type == "cuda"
     times, out = [], None
@@ -66,6 +73,7 @@ def timed_generate(model, vision_x, input_ids, args, num_beams: int, device) -> 
         "new_tokens": out.shape[1] - input_ids.shape[1],
         "batch_time_s": {"median": median, "min": min(times), "max": max(times)},
         "queries_per_s": input_ids.shape[0] / median,
+        "output_digest": hashlib.sha1(out.cpu().numpy().tobytes()).hexdigest()[:12],
     }
 
 
@@ -74,6 +82,8 @@ def run(args) -> list[dict]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     model = build_model(args, tokenizer, device).to(torch.bfloat16).eval()
+    if args.compile:
+        compile_for_decoding(model.lang_encoder)
     prompt = few_shot_prompt(tokenizer, args.shots)
     input_ids = prompt.expand(args.batch_size, -1).to(device)
     image_size = open_clip.get_model_config(args.vision_encoder_path)["vision_cfg"]["image_size"]
@@ -90,6 +100,8 @@ def run(args) -> list[dict]:
         "shots": args.shots,
         "prompt_tokens": prompt.numel(),
         "images_per_query": args.shots + 1,
+        "kv_cache": "static" if args.static_cache else "dynamic",
+        "compiled": args.compile,
     }
     results = []
     for beams in args.num_beams:
@@ -112,8 +124,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=10, help="timed batches (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default=None, help="default: cuda if available")
+    parser.add_argument(
+        "--static_cache",
+        action="store_true",
+        help="transformers' static KV cache (fixed shapes; transformers compiles greedy steps)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the LM for decoding, CUDA graphs on a GPU (implies --static_cache); the "
+        "warm-up batches include the compilation",
+    )
     args = parser.parse_args(argv)
     args.gradient_checkpointing = False
+    args.static_cache = args.static_cache or args.compile
     if args.batches < 1 or args.warmup < 0 or args.new_tokens < 1:
         parser.error("--batches and --new_tokens must be >= 1, --warmup >= 0")
     return args

@@ -41,3 +41,29 @@ def test_benchmark_generates_exactly_the_new_tokens_and_reports_queries_per_s(be
         times = result["batch_time_s"]
         assert times["min"] <= times["median"] <= times["max"]
         assert result["queries_per_s"] == pytest.approx(2 / times["median"])
+
+
+def test_static_cache_and_compiled_decoding_generate_the_same_ids(bench, monkeypatch, capsys):
+    from open_flamingo.src import decoding
+
+    compiled_with = []
+
+    def compile_for_decoding(lang_encoder):
+        compiled_with.append(lang_encoder)
+        # CPU inductor takes minutes to compile; aot_eager traces the same graphs, no codegen
+        decoding.compile_for_decoding(lang_encoder, backend="aot_eager", mode=None)
+
+    monkeypatch.setattr(bench, "compile_for_decoding", compile_for_decoding)
+    common = [
+        "--lm", "tiny-mpt", "--vision_encoder_path", "ViT-Tiny-16", "--batch_size", "2",
+        "--new_tokens", "4", "--num_beams", "3", "--batches", "1", "--warmup", "1",
+    ]  # fmt: skip
+    dynamic, static, compiled = (
+        bench.main(common + flags)[0] for flags in ([], ["--static_cache"], ["--compile"])
+    )
+    assert len(compiled_with) == 1
+    assert (dynamic["kv_cache"], static["kv_cache"], compiled["kv_cache"]) == (
+        "dynamic", "static", "static"
+    )  # fmt: skip
+    assert (static["compiled"], compiled["compiled"]) == (False, True)
+    assert dynamic["output_digest"] == static["output_digest"] == compiled["output_digest"]

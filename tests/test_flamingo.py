@@ -287,3 +287,81 @@ def test_generation_computes_the_media_keys_values_once(num_beams, make_flamingo
     recomputed = model.generate(images(2, 2), ids, **settings)
     assert len(calls) == 6 * len(blocks)
     assert torch.equal(cached, recomputed)
+
+
+STATIC_PROMPTS = ["<image>a cat<|endofchunk|><image>a", "<image>x y z w<|endofchunk|><image>abc"]
+
+
+def left_padded(tokenizer):
+    tokenizer.padding_side = "left"
+    batch = tokenizer(STATIC_PROMPTS, return_tensors="pt", padding=True)
+    assert batch.attention_mask.min() == 0  # padding involved
+    return batch
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("family", ["mpt", "llama"])
+def test_static_cache_generation_gives_the_dynamic_cache_tokens(family, num_beams, make_flamingo):
+    model, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
+    batch = left_padded(tokenizer)
+    settings = dict(num_beams=num_beams, min_new_tokens=8, max_new_tokens=8)
+    dynamic = model.generate(images(2, 2), batch.input_ids, batch.attention_mask, **settings)
+    static = model.generate(
+        images(2, 2),
+        batch.input_ids,
+        batch.attention_mask,
+        cache_implementation="static",
+        **settings,
+    )
+    assert torch.equal(static, dynamic)
+
+
+def test_beam_search_keeps_the_static_cache_buffers_in_place(make_flamingo):
+    model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
+    batch = left_padded(tokenizer)
+    addresses = []
+
+    def record(_, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        layer = cache.layers[0]
+        if layer.is_initialized:
+            addresses.append((layer.keys.data_ptr(), layer.values.data_ptr()))
+
+    model.lang_encoder.register_forward_pre_hook(record, with_kwargs=True)
+    model.generate(
+        images(2, 2),
+        batch.input_ids,
+        batch.attention_mask,
+        num_beams=3,
+        min_new_tokens=6,
+        max_new_tokens=6,
+        cache_implementation="static",
+    )
+    assert len(addresses) == 5 and len(set(addresses)) == 1  # every decoding step
+
+
+@pytest.mark.parametrize("family", ["mpt", "llama"])
+def test_compiled_decoding_is_one_graph_per_phase_with_the_eager_tokens(family, make_flamingo):
+    from torch._dynamo.utils import counters
+
+    from open_flamingo.src.decoding import compile_for_decoding
+
+    model, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
+    batch = left_padded(tokenizer)
+    settings = dict(num_beams=3, min_new_tokens=8, max_new_tokens=8)
+    eager = model.generate(images(2, 2), batch.input_ids, batch.attention_mask, **settings)
+    torch._dynamo.reset()
+    counters.clear()
+    # fullgraph (the default): any graph break fails. aot_eager traces what inductor would
+    # compile, without its code generation; CUDA graphs need a GPU (docs/benchmarks.md).
+    compile_for_decoding(model.lang_encoder, backend="aot_eager", mode=None)
+    for _ in range(2):  # the second call reuses both graphs: no recompilation
+        compiled = model.generate(
+            images(2, 2),
+            batch.input_ids,
+            batch.attention_mask,
+            cache_implementation="static",
+            **settings,
+        )
+        assert torch.equal(compiled, eager)
+        assert counters["stats"]["unique_graphs"] == 2  # the prompt, and every decoding step

@@ -116,3 +116,21 @@ def test_bfloat16_autocast_stays_close_to_float32(models):
 def test_other_families_are_left_alone(tiny_lm_dirs):
     llama = AutoModelForCausalLM.from_pretrained(tiny_lm_dirs["llama"])
     assert use_sdpa_for_mpt(llama) == 0
+
+
+def test_static_cache_keys_get_the_bias_a_dynamic_cache_gives_them():
+    from transformers.models.mpt.modeling_mpt import build_mpt_alibi_tensor
+
+    position_bias = build_mpt_alibi_tensor(num_heads=4, sequence_length=64)  # (h, 1, S)
+    filled, slots = 9, 16  # keys held by a static cache of 16 slots
+    dynamic = mpt_attention.additive_mask(position_bias, None, torch.bfloat16, filled)
+    static = mpt_attention.additive_mask(
+        position_bias, None, torch.bfloat16, slots, filled=torch.tensor(filled)
+    )
+    assert dynamic.shape == (1, 4, 1, filled) and static.shape == (1, 4, 1, slots)
+    assert torch.equal(static[..., :filled], dynamic)  # bitwise: the same ALiBi entries
+    assert torch.all(static[..., filled:] == 0)  # empty slots, masked by the causal mask
+    # what MPT's own indexing (relative to the last slot) would give: the same softmax, but
+    # every bias shifted by slope x 7, which bfloat16 rounds differently
+    last_slot = position_bias[None, :, :, -slots:].to(torch.bfloat16)
+    assert not torch.equal(last_slot[..., :filled], dynamic)

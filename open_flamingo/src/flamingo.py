@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .checkpoint import map_upstream_aliases
+from .decoding import reorder_cache_in_place
 from .flamingo_lm import FlamingoDecoderLayer, MediaConditioning, insert_gated_cross_attention
 from .helpers import PerceiverResampler
 from .lm_registry import infer_decoder_layers_attr_name, lm_hidden_size
@@ -75,6 +76,8 @@ class Flamingo(nn.Module):
         lang_encoder.register_forward_pre_hook(
             self._conditioning.pre_forward_hook, with_kwargs=True
         )
+        # Beam search keeps a static KV cache's buffers in place (CUDA graphs; decoding.py).
+        lang_encoder._reorder_cache = reorder_cache_in_place
         # transformers >= 5.24 names the KV cache argument `cache`; earlier 5.x `past_key_values`.
         forward_params = inspect.signature(lang_encoder.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
@@ -150,7 +153,7 @@ class Flamingo(nn.Module):
         kwargs.setdefault("use_cache", True)
         cond = self._conditioning
         cond.latents = self._encode_vision_x(vision_x)
-        cond.media_locations = None
+        cond.image_count = None
         cond.use_cached_locations = True
         try:
             return self.lang_encoder.generate(
@@ -167,7 +170,7 @@ class Flamingo(nn.Module):
         """
         cond = self._conditioning
         cond.latents = self._encode_vision_x(vision_x)
-        cond.media_locations = input_ids == self.media_token_id
+        cond.image_count = (input_ids == self.media_token_id).sum(dim=1)
         cond.use_cached_locations = True
 
     def uncache_media(self) -> None:

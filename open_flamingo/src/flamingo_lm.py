@@ -31,7 +31,8 @@ class MediaConditioning:
     """The visual context of one forward / generate call.
 
     latents: (B, T, n, Dv) perceiver output, or None when not conditioned.
-    media_locations: (B, L0) bool, where `<image>` sits in the last input that had images.
+    image_count: (B,) long, in cached mode: how many `<image>` tokens the last input that had
+        any held per row (None: no such input yet, i.e. 0).
     text_time: (B, L) long, for the current LM input: index (1-based) of the image each token
         follows, 0 before the first image.
     use_cached_locations: generation / cache_media mode. Then an input without `<image>` tokens
@@ -42,7 +43,7 @@ class MediaConditioning:
 
     media_token_id: int
     latents: torch.Tensor | None = None
-    media_locations: torch.Tensor | None = None
+    image_count: torch.Tensor | None = None
     text_time: torch.Tensor | None = None
     use_cached_locations: bool = False
     media_kv: dict = field(default_factory=dict)
@@ -53,7 +54,7 @@ class MediaConditioning:
 
     def clear(self) -> None:
         self.latents = None
-        self.media_locations = None
+        self.image_count = None
         self.text_time = None
         self.use_cached_locations = False
         self.media_kv = {}
@@ -82,18 +83,22 @@ class MediaConditioning:
                 "Flamingo.forward / generate, or Flamingo.cache_media before using lang_encoder."
             )
         self._match_batch(input_ids.shape[0])
-        media_locations = input_ids == self.media_token_id
-        if self.use_cached_locations and not media_locations.any():
-            # A decoding step (or text scored against cached media): every token follows the
-            # last image of the conditioned prompt.
-            if self.media_locations is None:
-                count = torch.zeros(input_ids.shape[0], dtype=torch.long, device=input_ids.device)
-            else:
-                count = self.media_locations.sum(dim=1)
-            self.text_time = count[:, None].expand(input_ids.shape)
-        else:
-            self.media_locations = media_locations
-            self.text_time = media_locations.cumsum(dim=-1)
+        text_time = (input_ids == self.media_token_id).cumsum(dim=-1)  # (B, L)
+        if not self.use_cached_locations:
+            self.text_time = text_time
+            return
+        # Upstream: if no row of the input has an <image> (a decoding step, or text scored
+        # against cached media), every token follows the last image of the conditioned prompt;
+        # otherwise the input's own images count. Written without a Python branch on the data,
+        # so that a compiled decoding step is one graph with no device-to-host sync.
+        # The count is updated in place, in a buffer marked as a fixed address (as transformers
+        # marks its static KV cache), so CUDA graphs of that step need no copy of it.
+        if self.image_count is None:
+            self.image_count = torch.zeros_like(text_time[:, 0])
+            torch._dynamo.mark_static_address(self.image_count)
+        any_image = text_time[:, -1].any()  # () over the whole batch, as upstream
+        self.text_time = torch.where(any_image, text_time, self.image_count[:, None])
+        self.image_count.copy_(torch.where(any_image, text_time[:, -1], self.image_count))
 
     def _match_batch(self, batch_size: int) -> None:
         """Repeat the media per row when generate expanded the batch (beams, return sequences)."""
@@ -106,8 +111,8 @@ class MediaConditioning:
             )
         repeats = batch_size // have
         self.latents = self.latents.repeat_interleave(repeats, dim=0)
-        if self.media_locations is not None and self.media_locations.shape[0] == have:
-            self.media_locations = self.media_locations.repeat_interleave(repeats, dim=0)
+        if self.image_count is not None and self.image_count.shape[0] == have:
+            self.image_count = self.image_count.repeat_interleave(repeats, dim=0)
 
 
 class FlamingoDecoderLayer(nn.Module):

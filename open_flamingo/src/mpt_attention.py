@@ -26,26 +26,45 @@ class _SharedMask:
     """The additive mask of the current LM call, reused by every layer (same inputs).
 
     Not inside a checkpointed layer: there the layer's replay in backward must run the same
-    ops as its forward, and nothing of the region is kept for backward anyway.
+    ops as its forward, and nothing of the region is kept for backward anyway. Not under
+    torch.compile either: the compiled graph is pure, with no tensors kept on the side.
     """
 
     def __init__(self):
         self.inputs: tuple | None = None
         self.mask: torch.Tensor | None = None
 
-    def get(self, position_bias, attention_mask, dtype, key_length) -> torch.Tensor:
-        if in_checkpointed_region():
-            return additive_mask(position_bias, attention_mask, dtype, key_length)
-        inputs = (position_bias, attention_mask, dtype, key_length)
+    def get(self, position_bias, attention_mask, dtype, key_length, filled) -> torch.Tensor:
+        if in_checkpointed_region() or torch.compiler.is_compiling():
+            return additive_mask(position_bias, attention_mask, dtype, key_length, filled)
+        inputs = (position_bias, attention_mask, filled, dtype, key_length)
         if (
             self.inputs is None
-            or self.inputs[0] is not position_bias  # tensors: the same objects
-            or self.inputs[1] is not attention_mask
-            or self.inputs[2:] != (dtype, key_length)  # values
+            or any(a is not b for a, b in zip(self.inputs[:3], inputs[:3], strict=True))  # objects
+            or self.inputs[3:] != inputs[3:]  # values
         ):
-            self.mask = additive_mask(position_bias, attention_mask, dtype, key_length)
+            self.mask = additive_mask(position_bias, attention_mask, dtype, key_length, filled)
             self.inputs = inputs
         return self.mask
+
+
+def alibi_bias(
+    position_bias: torch.Tensor, key_length: int, filled: torch.Tensor | None = None
+) -> torch.Tensor:
+    """position_bias: (h, 1, S) ALiBi over the model's max length, S - 1 - j the distance of key
+    j to the last. Returns the (1, h, 1, K) bias of the K keys.
+
+    MPT's bias is relative to the last key. With a static cache the last of the K slots is not
+    the last key: only `filled` (a 0-dim tensor) hold keys. Then each filled key gets the entry a
+    dynamic cache of `filled` keys would give it (bitwise the same bias; softmax would not mind a
+    per-row constant, but bfloat16 rounding would), and the empty slots, masked anyway, get 0.
+    """
+    if filled is None:
+        return position_bias[None, :, :, -key_length:]
+    max_len = position_bias.shape[-1]
+    slots = torch.arange(key_length, device=position_bias.device)
+    index = (slots + (max_len - filled)).clamp(max=max_len - 1)  # (K,)
+    return position_bias[None, :, :, index]
 
 
 def additive_mask(
@@ -53,10 +72,12 @@ def additive_mask(
     attention_mask: torch.Tensor | None,
     dtype: torch.dtype,
     key_length: int,
+    filled: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """position_bias: (h, 1, S) ALiBi over the model's max length; attention_mask: (B, 1, L, K)
-    bool, True = masked. Returns (B | 1, h | 1, L | 1, K) in `dtype`: ALiBi of the last K keys,
-    `finfo(dtype).min` where masked.
+    """position_bias: (h, 1, S) ALiBi (see `alibi_bias`); attention_mask: (B, 1, L, K) bool,
+    True = masked; filled: keys held by a static cache of K slots (None: all K are keys).
+    Returns (B | 1, h | 1, L | 1, K) in `dtype`: ALiBi of the keys, `finfo(dtype).min` where
+    masked.
 
     A query that may see no key at all (a left-padding position) is left unmasked instead. Eager
     MPT gives such rows uniform weights; SDPA kernels get their backward wrong for them (the
@@ -65,7 +86,7 @@ def additive_mask(
     """
     mask = None
     if position_bias is not None:
-        mask = position_bias[None, :, :, -key_length:].to(dtype)  # (1, h, 1, K)
+        mask = alibi_bias(position_bias, key_length, filled).to(dtype)  # (1, h, 1, K)
     if attention_mask is not None:
         base = mask if mask is not None else torch.zeros((), dtype=dtype)
         blind = attention_mask.all(dim=-1, keepdim=True)  # (B, 1, L, 1)
@@ -93,9 +114,12 @@ def _sdpa_forward(
         t.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
         for t in qkv.chunk(3, dim=2)
     )  # (B, h, L, d) each
+    filled = None
     if cache is not None:
         k, v = cache.update(k, v, self.layer_idx)
-    mask = self._shared_mask.get(position_bias, attention_mask, q.dtype, k.shape[-2])
+        if getattr(cache, "is_compileable", False):  # static: k holds max_cache_len slots
+            filled = cache.get_seq_length(self.layer_idx)
+    mask = self._shared_mask.get(position_bias, attention_mask, q.dtype, k.shape[-2], filled)
     out = F.scaled_dot_product_attention(
         q,
         k,
