@@ -24,6 +24,7 @@ import time
 import open_clip
 import torch
 from benchmark_train import GPT_NEOX_TOKENIZER, build_model
+from transformers import StaticCache
 
 from open_flamingo.src.decoding import compile_for_decoding
 from open_flamingo.src.factory import load_flamingo_tokenizer
@@ -52,12 +53,20 @@ def timed_generate(model, vision_x, input_ids, args, num_beams: int, device) -> 
     }
     if num_beams > 1:
         settings["length_penalty"] = 0.0  # the captioning eval's setting
+    cache = None
     if args.static_cache:
-        settings["cache_implementation"] = "static"
+        # one cache for every batch, reset in between: its buffers keep their addresses, which
+        # a CUDA graph of the decoding step needs (open_flamingo/src/decoding.py)
+        max_len = input_ids.shape[1] + args.new_tokens
+        cache = StaticCache(config=model.lang_encoder.config, max_cache_len=max_len)
     attention_mask = torch.ones_like(input_ids)
     cuda = device.type == "cuda"
     times, out = [], None
     for i in range(args.warmup + args.batches):
+        if cache is not None:
+            with torch.inference_mode():  # its buffers were made there
+                cache.reset()
+            settings[model._cache_kwarg] = cache
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -127,7 +136,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--static_cache",
         action="store_true",
-        help="transformers' static KV cache (fixed shapes; transformers compiles greedy steps)",
+        help="transformers' static KV cache, one for all batches (fixed shapes and addresses)",
     )
     parser.add_argument(
         "--compile",

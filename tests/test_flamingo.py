@@ -316,32 +316,41 @@ def test_static_cache_generation_gives_the_dynamic_cache_tokens(family, num_beam
     assert torch.equal(static, dynamic)
 
 
-def test_beam_search_keeps_the_static_cache_buffers_in_place(make_flamingo):
+def test_static_decoding_keeps_its_buffers_in_place_within_and_across_calls(make_flamingo):
+    from transformers import StaticCache
+
     model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
     batch = left_padded(tokenizer)
-    addresses = []
+    buffers = []
 
     def record(_, args, kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        layer = cache.layers[0]
-        if layer.is_initialized:
-            addresses.append((layer.keys.data_ptr(), layer.values.data_ptr()))
+        layer = kwargs["cache"].layers[0]
+        if kwargs["input_ids"].shape[1] == 1:  # decoding steps
+            # the tensors themselves: held here, a new one could not reuse a freed address
+            buffers.append((layer.keys, layer.values, model._conditioning.image_count))
 
     model.lang_encoder.register_forward_pre_hook(record, with_kwargs=True)
-    model.generate(
-        images(2, 2),
-        batch.input_ids,
-        batch.attention_mask,
-        num_beams=3,
-        min_new_tokens=6,
-        max_new_tokens=6,
-        cache_implementation="static",
+    settings = dict(num_beams=3, min_new_tokens=6, max_new_tokens=6)
+    cache = StaticCache(
+        config=model.lang_encoder.config, max_cache_len=batch.input_ids.shape[1] + 6
     )
-    assert len(addresses) == 5 and len(set(addresses)) == 1  # every decoding step
+    outputs = []
+    for _ in range(2):
+        cache.reset()
+        outputs.append(
+            model.generate(
+                images(2, 2), batch.input_ids, batch.attention_mask, cache=cache, **settings
+            )
+        )
+    assert torch.equal(outputs[0], outputs[1])
+    # beam search reorders the cache at every step, and each call zeroes it and the count
+    assert len(buffers) == 2 * 5
+    addresses = {tuple(t.data_ptr() for t in step) for step in buffers}
+    assert len(addresses) == 1
 
 
 @pytest.mark.parametrize("family", ["mpt", "llama"])
-def test_compiled_decoding_is_one_graph_per_phase_with_the_eager_tokens(family, make_flamingo):
+def test_compiled_decoding_is_one_graph_with_the_eager_tokens(family, make_flamingo):
     from torch._dynamo.utils import counters
 
     from open_flamingo.src.decoding import compile_for_decoding
@@ -364,4 +373,15 @@ def test_compiled_decoding_is_one_graph_per_phase_with_the_eager_tokens(family, 
             **settings,
         )
         assert torch.equal(compiled, eager)
-        assert counters["stats"]["unique_graphs"] == 2  # the prompt, and every decoding step
+        assert counters["stats"]["unique_graphs"] == 1  # every decoding step; the prompt eager
+
+
+def test_generation_under_inference_mode_then_without_it(make_flamingo):
+    model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
+    ids = tokenizer(["<image>a cat<|endofchunk|><image>a"], return_tensors="pt").input_ids
+    settings = dict(min_new_tokens=3, max_new_tokens=3)
+    with torch.inference_mode():
+        first = model.generate(images(1, 2), ids, **settings)
+    assert model._conditioning.count_buffer.is_inference()
+    second = model.generate(images(1, 2), ids, **settings)  # may not write an inference tensor
+    assert torch.equal(first, second)

@@ -1,8 +1,8 @@
 """Decoding with a static KV cache, ready for CUDA graphs.
 
-Eager decoding pays Python and kernel-launch time for every module at every new token, which at
-OF-3B shapes is most of a decoding step. A CUDA graph replays a whole step with one launch, but
-only if every step has the same shapes and reads and writes the same addresses:
+Eager decoding pays Python and kernel-launch time for every module at every new token, while a
+step's GPU work at few-shot shapes is small. A CUDA graph replays a whole step with one launch,
+but only if every step has the same shapes and reads and writes the same addresses:
 
 * the KV cache: transformers' static cache (`generate(..., cache_implementation="static")`)
   keeps max-length buffers, marked as fixed addresses;
@@ -10,10 +10,10 @@ only if every step has the same shapes and reads and writes the same addresses:
   static buffers at every step. `reorder_cache_in_place` keeps them in place (installed on the
   LM by `Flamingo`);
 * the media conditioning: the cross-attention keys and values of the images are computed once
-  per `generate` call, and the step locates `<image>` tokens without a host sync
-  (flamingo_lm.MediaConditioning).
+  per `generate` call, and the step locates `<image>` tokens without a host sync, counting
+  images in a buffer kept at a fixed address (flamingo_lm.MediaConditioning).
 
-`compile_for_decoding` compiles the LM's forward with that in place. Tokens equal eager
+`compile_for_decoding` compiles the LM's decoding step with that in place. Tokens equal eager
 decoding's (tests/test_flamingo.py); whether it pays on a GPU is measured by
 scripts/benchmark_generate.py (docs/benchmarks.md).
 """
@@ -21,6 +21,8 @@ scripts/benchmark_generate.py (docs/benchmarks.md).
 import torch
 from torch import nn
 from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+
+CACHE_KWARGS = ("cache", "past_key_values")  # transformers >= 5.24 / earlier 5.x
 
 
 def reorder_cache_in_place(cache, beam_idx: torch.Tensor):
@@ -40,14 +42,27 @@ def reorder_cache_in_place(cache, beam_idx: torch.Tensor):
 
 
 def compile_for_decoding(lang_encoder: nn.Module, **compile_kwargs) -> None:
-    """Compile `lang_encoder.forward` (in place) for `generate` with a static cache.
+    """Compile the decoding steps of `lang_encoder` (in place) for `generate` with a static cache.
 
-    Then every LM call of `generate(..., cache_implementation="static")`, beam search
-    included, runs one compiled graph: one for the prompt, one for all decoding steps (the
-    forward pre-hook that locates media stays eager). compile_kwargs go to torch.compile,
+    Every one-token call with a static cache (`generate(..., cache_implementation="static")` or
+    a `StaticCache` passed as `cache`), beam search included, then runs one compiled graph. The
+    prompt stays eager, as transformers does it: there the static cache allocates its buffers
+    and marks them as fixed addresses, which it cannot do inside a compiled region. Pass the
+    same `StaticCache` to every call, `reset()` in between, to keep those addresses from call to
+    call: a CUDA graph is re-recorded whenever they move. compile_kwargs go to torch.compile,
     by default `mode="reduce-overhead"` (CUDA graphs) and `fullgraph=True`.
     """
     compile_kwargs = {"mode": "reduce-overhead", "fullgraph": True, **compile_kwargs}
-    lang_encoder.forward = torch.compile(lang_encoder.forward, **compile_kwargs)
-    # transformers would otherwise compile the whole call a second time for greedy decoding
+    eager_forward = lang_encoder.forward
+    decoding_step = torch.compile(eager_forward, **compile_kwargs)
+
+    def forward(*args, **kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = next((kwargs[name] for name in CACHE_KWARGS if kwargs.get(name) is not None), None)
+        if getattr(cache, "is_compileable", False) and input_ids.shape[1] == 1:
+            return decoding_step(*args, **kwargs)
+        return eager_forward(*args, **kwargs)
+
+    lang_encoder.forward = forward
+    # transformers would otherwise compile its own call around this one for greedy decoding
     lang_encoder.generation_config.disable_compile = True

@@ -39,6 +39,9 @@ class MediaConditioning:
         (a decoding step) follows the last image of the conditioned prompt, as upstream does.
     media_kv: in that mode and without autograd, each cross-attention layer's keys and values
         of `latents`, computed at the first call and reused by every decoding step.
+    count_buffer: where `image_count` lives during generation, kept across calls: a fixed
+        address, as transformers keeps its static KV cache, so that a CUDA graph of the
+        decoding step neither copies it nor is re-recorded for each `generate` call.
     """
 
     media_token_id: int
@@ -47,6 +50,7 @@ class MediaConditioning:
     text_time: torch.Tensor | None = None
     use_cached_locations: bool = False
     media_kv: dict = field(default_factory=dict)
+    count_buffer: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def is_conditioned(self) -> bool:
@@ -91,14 +95,26 @@ class MediaConditioning:
         # against cached media), every token follows the last image of the conditioned prompt;
         # otherwise the input's own images count. Written without a Python branch on the data,
         # so that a compiled decoding step is one graph with no device-to-host sync.
-        # The count is updated in place, in a buffer marked as a fixed address (as transformers
-        # marks its static KV cache), so CUDA graphs of that step need no copy of it.
         if self.image_count is None:
-            self.image_count = torch.zeros_like(text_time[:, 0])
-            torch._dynamo.mark_static_address(self.image_count)
+            self.image_count = self._zeroed_count_buffer(text_time[:, 0])
         any_image = text_time[:, -1].any()  # () over the whole batch, as upstream
         self.text_time = torch.where(any_image, text_time, self.image_count[:, None])
         self.image_count.copy_(torch.where(any_image, text_time[:, -1], self.image_count))
+
+    def _zeroed_count_buffer(self, like: torch.Tensor) -> torch.Tensor:
+        """`count_buffer` zeroed in place; (re)allocated when the batch or device changes, or
+        when it was made under `torch.inference_mode` and this call is not (it is then read-only).
+        """
+        buffer = self.count_buffer
+        if (
+            buffer is None
+            or buffer.shape != like.shape
+            or buffer.device != like.device
+            or (buffer.is_inference() and not torch.is_inference_mode_enabled())
+        ):
+            buffer = self.count_buffer = torch.zeros_like(like)
+            torch._dynamo.mark_static_address(buffer)
+        return buffer.zero_()
 
     def _match_batch(self, batch_size: int) -> None:
         """Repeat the media per row when generate expanded the batch (beams, return sequences)."""
