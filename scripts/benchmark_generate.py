@@ -20,10 +20,11 @@ import hashlib
 import json
 import statistics
 import time
+from pathlib import Path
 
 import open_clip
 import torch
-from benchmark_train import GPT_NEOX_TOKENIZER, build_model
+from benchmark_train import GPT_NEOX_TOKENIZER, build_model, write_profile
 from transformers import StaticCache
 
 from open_flamingo.src.decoding import compile_for_decoding
@@ -77,12 +78,27 @@ def timed_generate(model, vision_x, input_ids, args, num_beams: int, device) -> 
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     median = statistics.median(times)
+    profile = None
+    if args.profile:  # one more batch, after the timed ones
+        profile = args.profile.with_name(
+            f"{args.profile.stem}_beam{num_beams}{args.profile.suffix}"
+        )
+        if cache is not None:
+            with torch.inference_mode():
+                cache.reset()
+
+        def one_batch():
+            with torch.inference_mode():
+                model.generate(vision_x, input_ids, attention_mask, **settings)
+
+        write_profile(one_batch, profile, cuda)
     return {
         "num_beams": num_beams,
         "new_tokens": out.shape[1] - input_ids.shape[1],
         "batch_time_s": {"median": median, "min": min(times), "max": max(times)},
         "queries_per_s": input_ids.shape[0] / median,
         "output_digest": hashlib.sha1(out.cpu().numpy().tobytes()).hexdigest()[:12],
+        "profile": None if profile is None else str(profile),
     }
 
 
@@ -133,6 +149,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batches", type=int, default=10, help="timed batches (median)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default=None, help="default: cuda if available")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="write one more batch's top kernels per setting (FILE_beam3.txt, ...)",
+    )
     parser.add_argument(
         "--static_cache",
         action="store_true",

@@ -198,6 +198,21 @@ def step_batches(args, tokenizer) -> tuple[dict, dict]:
     return laion, interleaved
 
 
+def write_profile(fn, path: Path, cuda: bool, rows: int = 30) -> None:
+    """Run `fn()` once under torch.profiler; write its top operators and kernels, by device
+    time on CUDA (by CPU time otherwise), as a text table to `path`."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if cuda:
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    sort_by = "cuda_time_total" if cuda else "cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort_by, row_limit=rows) + "\n")
+
+
 def run(args) -> dict:
     tokenizer = load_flamingo_tokenizer(str(args.tokenizer_path))
     laion, interleaved = step_batches(args, tokenizer)
@@ -235,6 +250,8 @@ def run(args) -> dict:
             times.append(time.perf_counter() - start)
         losses.append(result.loss.item())
     median = statistics.median(times)
+    if args.profile:  # after the timed steps, so that it changes none of the figures
+        write_profile(lambda: step(interleaved, laion), args.profile, cuda)
     samples = args.batch_size_laion + args.batch_size_interleaved
     tokens = (
         args.batch_size_laion * args.max_tokens_laion
@@ -269,6 +286,7 @@ def run(args) -> dict:
         "mfu": None if peak is None else flops / median / peak,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "losses": losses,
+        "profile": str(args.profile) if args.profile else None,
     }
 
 
@@ -291,6 +309,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=6, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak_tflops", type=float, default=None, help="for MFU off the H100")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="write one more step's top kernels here"
+    )
     args = parser.parse_args(argv)
     if not args.tokenizer_path.is_dir():
         parser.error(

@@ -67,3 +67,16 @@ def test_static_cache_and_compiled_decoding_generate_the_same_ids(bench, monkeyp
     )  # fmt: skip
     assert (static["compiled"], compiled["compiled"]) == (False, True)
     assert dynamic["output_digest"] == static["output_digest"] == compiled["output_digest"]
+
+
+def test_profile_writes_one_more_batchs_top_operators_per_setting(bench, tmp_path, capsys):
+    results = bench.main(
+        [
+            "--lm", "tiny-mpt", "--vision_encoder_path", "ViT-Tiny-16", "--batch_size", "1",
+            "--new_tokens", "2", "--num_beams", "2", "1", "--batches", "1", "--warmup", "0",
+            "--profile", str(tmp_path / "generate.txt"),
+        ]
+    )  # fmt: skip
+    for result, name in zip(results, ("generate_beam2.txt", "generate_beam1.txt"), strict=True):
+        assert result["profile"] == str(tmp_path / name)
+        assert "aten::" in (tmp_path / name).read_text()

@@ -83,6 +83,16 @@ def test_benchmark_runs_the_training_step_and_reports_one_json_line(precision, b
     assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:], strict=False))
 
 
+def test_profile_writes_one_more_steps_top_operators(bench, tmp_path, capsys, neox):
+    path = tmp_path / "profiles" / "train.txt"
+    result = bench.main([*TINY, "--steps", "2", "--warmup", "0", "--profile", str(path)])
+    assert result["profile"] == str(path)
+    assert len(result["losses"]) == 2  # the profiled step is not one of the timed ones
+    table = path.read_text()
+    assert "Self CPU" in table.splitlines()[1]  # torch.profiler's table, sorted by CPU time here
+    assert "aten::mm" in table or "aten::addmm" in table or "aten::bmm" in table
+
+
 def test_bad_benchmark_flags_are_explained(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--tokenizer_path", str(tmp_path / "missing")])
