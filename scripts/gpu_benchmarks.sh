@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Every GPU figure of docs/benchmarks.md in one run, the most important first, within a time
+# budget: a lent H100 is held for minutes, not hours. From the repo root:
+#
+#   OUT=/some/dir BUDGET_S=480 bash scripts/gpu_benchmarks.sh
+#
+# Writes $OUT/results.jsonl (the benchmarks' JSON lines), $OUT/log.txt (versions, each command,
+# warnings, torch's CUDA-graph notes) and three torch.profiler tables. A configuration that
+# would start with under 30 s of the budget left is skipped and logged as such.
+#
+# Packages the GPU image lacks travel as wheels in .whl/ (docs/benchmarks.md lists them) and are
+# installed first; the GPT-NeoX tokenizer is read from .cache/assets (scripts/fetch_test_assets.py).
+# SMOKE=1 runs every configuration at tiny shapes, to check this script on a CPU.
+set -u
+OUT=${OUT:-gpu_out}
+BUDGET_S=${BUDGET_S:-480}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+
+train=()
+generate=()
+if [[ ${SMOKE:-0} == 1 ]]; then
+    tiny=(--lm tiny-mpt --vision_encoder_path ViT-Tiny-16)
+    train=("${tiny[@]}" --batch_size_laion 2 --max_tokens_laion 16 --batch_size_interleaved 2
+        --max_tokens_interleaved 48 --images_per_doc 3 --steps 1 --warmup 0)
+    generate=("${tiny[@]}" --batch_size 2 --new_tokens 3 --batches 1 --warmup 1)
+fi
+
+python3 -c "import sys, torch, transformers, open_clip
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU'
+print(sys.version.split()[0], torch.__version__, transformers.__version__, open_clip.__version__, gpu)" \
+    >>"$OUT/log.txt" 2>&1
+
+started=$SECONDS
+run() {  # run LIMIT_S COMMAND...: its JSON lines to results.jsonl, everything else to log.txt
+    local limit=$1
+    shift
+    local left=$((BUDGET_S - (SECONDS - started)))
+    if ((left < 30)); then
+        echo "skipped, budget spent: $*" >>"$OUT/log.txt"
+        return
+    fi
+    ((limit > left)) && limit=$left
+    echo "== $* (limit ${limit} s)" >>"$OUT/log.txt"
+    timeout "$limit" "$@" >>"$OUT/results.jsonl" 2>>"$OUT/log.txt" ||
+        echo "!! exit $? after $((SECONDS - started)) s: $*" >>"$OUT/log.txt"
+}
+
+run 150 python3 scripts/benchmark_train.py "${train[@]}" --profile "$OUT/train_profile.txt"
+run 90 python3 scripts/benchmark_generate.py "${generate[@]}"
+TORCH_LOGS=perf_hints run 180 python3 scripts/benchmark_generate.py "${generate[@]}" --compile \
+    --profile "$OUT/generate_compiled.txt"
+run 120 python3 scripts/benchmark_train.py "${train[@]}" --gradient_checkpointing selective
+run 120 python3 scripts/benchmark_train.py --lm llama "${train[@]}"
+run 240 python3 scripts/benchmark_train.py "${train[@]}" --compile
+echo "done after $((SECONDS - started)) s" >>"$OUT/log.txt"
