@@ -385,3 +385,30 @@ def test_generation_under_inference_mode_then_without_it(make_flamingo):
     assert model._conditioning.count_buffer.is_inference()
     second = model.generate(images(1, 2), ids, **settings)  # may not write an inference tensor
     assert torch.equal(first, second)
+
+
+def test_transformers_own_compiled_greedy_step_traces_media_location_in_one_graph(make_flamingo):
+    """With a static cache, transformers compiles the LM's whole call, forward hooks included,
+    for greedy decoding on accelerators. The media-locating hook must trace without a
+    data-dependent branch (fullgraph fails on any graph break)."""
+    from torch._dynamo.utils import counters
+    from transformers import CompileConfig
+
+    model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
+    batch = left_padded(tokenizer)
+    settings = dict(min_new_tokens=8, max_new_tokens=8)
+    eager = model.generate(images(2, 2), batch.input_ids, batch.attention_mask, **settings)
+    config = CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
+    config._compile_all_devices = True  # transformers compiles on accelerators only otherwise
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = model.generate(
+        images(2, 2),
+        batch.input_ids,
+        batch.attention_mask,
+        cache_implementation="static",
+        compile_config=config,
+        **settings,
+    )
+    assert counters["stats"]["unique_graphs"] >= 1  # it did compile
+    assert torch.equal(compiled, eager)
