@@ -10,13 +10,14 @@
 #
 # Packages the GPU image lacks travel as wheels in .whl/ (docs/benchmarks.md lists them) and are
 # installed first; the GPT-NeoX tokenizer is read from .cache/assets (scripts/fetch_test_assets.py).
-# SMOKE=1 runs every configuration at tiny shapes, to check this script on a CPU.
+# SMOKE=1 runs every configuration at tiny shapes with the current environment's packages, to
+# check this script on a CPU.
 set -u
 OUT=${OUT:-gpu_out}
 BUDGET_S=${BUDGET_S:-480}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [[ ${SMOKE:-0} != 1 ]] && compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
@@ -37,7 +38,7 @@ print(sys.version.split()[0], torch.__version__, transformers.__version__, open_
     >>"$OUT/log.txt" 2>&1
 
 started=$SECONDS
-run() {  # run LIMIT_S COMMAND...: its JSON lines to results.jsonl, everything else to log.txt
+run() {  # run LIMIT_S COMMAND...: its JSON lines to results.jsonl, all else to log.txt
     local limit=$1
     shift
     local left=$((BUDGET_S - (SECONDS - started)))
@@ -47,8 +48,11 @@ run() {  # run LIMIT_S COMMAND...: its JSON lines to results.jsonl, everything e
     fi
     ((limit > left)) && limit=$left
     echo "== $* (limit ${limit} s)" >>"$OUT/log.txt"
-    timeout "$limit" "$@" >>"$OUT/results.jsonl" 2>>"$OUT/log.txt" ||
+    timeout "$limit" "$@" >"$OUT/stdout.tmp" 2>>"$OUT/log.txt" ||
         echo "!! exit $? after $((SECONDS - started)) s: $*" >>"$OUT/log.txt"
+    grep '^{' "$OUT/stdout.tmp" >>"$OUT/results.jsonl"
+    grep -v '^{' "$OUT/stdout.tmp" >>"$OUT/log.txt"
+    rm -f "$OUT/stdout.tmp"
 }
 
 run 150 python3 scripts/benchmark_train.py "${train[@]}" --profile "$OUT/train_profile.txt"
