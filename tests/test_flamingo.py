@@ -412,3 +412,16 @@ def test_transformers_own_compiled_greedy_step_traces_media_location_in_one_grap
     )
     assert counters["stats"]["unique_graphs"] >= 1  # it did compile
     assert torch.equal(compiled, eager)
+
+
+def test_media_cached_under_inference_mode_can_be_scored_without_it(make_flamingo):
+    model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
+    context = tokenizer(["<image>a cat<|endofchunk|><image>a"], return_tensors="pt").input_ids
+    text = tokenizer([" dog"], return_tensors="pt").input_ids
+    with torch.inference_mode():
+        model.cache_media(context, images(1, 2))
+        expected = model(None, text, clear_conditioned_layers=False).logits
+    with torch.no_grad():
+        logits = model(None, text, clear_conditioned_layers=False).logits
+    model.uncache_media()
+    assert torch.equal(logits, expected)

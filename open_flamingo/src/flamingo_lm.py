@@ -97,9 +97,16 @@ class MediaConditioning:
         # so that a compiled decoding step is one graph with no device-to-host sync.
         if self.image_count is None:
             self.image_count = self._zeroed_count_buffer(text_time[:, 0])
+        elif not torch.compiler.is_compiling() and self._read_only(self.image_count):
+            self.image_count = self.image_count.clone()  # cache_media ran under inference_mode
         any_image = text_time[:, -1].any()  # () over the whole batch, as upstream
         self.text_time = torch.where(any_image, text_time, self.image_count[:, None])
         self.image_count.copy_(torch.where(any_image, text_time[:, -1], self.image_count))
+
+    @staticmethod
+    def _read_only(tensor: torch.Tensor) -> bool:
+        """An inference tensor cannot be written outside `torch.inference_mode`."""
+        return tensor.is_inference() and not torch.is_inference_mode_enabled()
 
     def _zeroed_count_buffer(self, like: torch.Tensor) -> torch.Tensor:
         """`count_buffer` zeroed in place; (re)allocated when the batch or device changes, or
@@ -110,7 +117,7 @@ class MediaConditioning:
             buffer is None
             or buffer.shape != like.shape
             or buffer.device != like.device
-            or (buffer.is_inference() and not torch.is_inference_mode_enabled())
+            or self._read_only(buffer)
         ):
             buffer = self.count_buffer = torch.zeros_like(like)
             torch._dynamo.mark_static_address(buffer)
