@@ -299,20 +299,19 @@ def left_padded(tokenizer):
     return batch
 
 
+def generate_on(model, batch, **kwargs) -> torch.Tensor:
+    """`generate` on a `left_padded` batch and its two images per prompt."""
+    return model.generate(images(2, 2), batch.input_ids, batch.attention_mask, **kwargs)
+
+
 @pytest.mark.parametrize("num_beams", [1, 3])
 @pytest.mark.parametrize("family", ["mpt", "llama"])
 def test_static_cache_generation_gives_the_dynamic_cache_tokens(family, num_beams, make_flamingo):
     model, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
     batch = left_padded(tokenizer)
     settings = dict(num_beams=num_beams, min_new_tokens=8, max_new_tokens=8)
-    dynamic = model.generate(images(2, 2), batch.input_ids, batch.attention_mask, **settings)
-    static = model.generate(
-        images(2, 2),
-        batch.input_ids,
-        batch.attention_mask,
-        cache_implementation="static",
-        **settings,
-    )
+    dynamic = generate_on(model, batch, **settings)
+    static = generate_on(model, batch, cache_implementation="static", **settings)
     assert torch.equal(static, dynamic)
 
 
@@ -337,11 +336,7 @@ def test_static_decoding_keeps_its_buffers_in_place_within_and_across_calls(make
     outputs = []
     for _ in range(2):
         cache.reset()
-        outputs.append(
-            model.generate(
-                images(2, 2), batch.input_ids, batch.attention_mask, cache=cache, **settings
-            )
-        )
+        outputs.append(generate_on(model, batch, cache=cache, **settings))
     assert torch.equal(outputs[0], outputs[1])
     # beam search reorders the cache at every step, and each call zeroes it and the count
     assert len(buffers) == 2 * 5
@@ -358,20 +353,14 @@ def test_compiled_decoding_is_one_graph_with_the_eager_tokens(family, make_flami
     model, tokenizer = open_model(make_flamingo, family, dtype=torch.float32)
     batch = left_padded(tokenizer)
     settings = dict(num_beams=3, min_new_tokens=8, max_new_tokens=8)
-    eager = model.generate(images(2, 2), batch.input_ids, batch.attention_mask, **settings)
+    eager = generate_on(model, batch, **settings)
     torch._dynamo.reset()
     counters.clear()
     # fullgraph (the default): any graph break fails. aot_eager traces what inductor would
     # compile, without its code generation; CUDA graphs need a GPU (docs/benchmarks.md).
     compile_for_decoding(model.lang_encoder, backend="aot_eager", mode=None)
-    for _ in range(2):  # the second call reuses both graphs: no recompilation
-        compiled = model.generate(
-            images(2, 2),
-            batch.input_ids,
-            batch.attention_mask,
-            cache_implementation="static",
-            **settings,
-        )
+    for _ in range(2):  # the second call reuses the graph: no recompilation
+        compiled = generate_on(model, batch, cache_implementation="static", **settings)
         assert torch.equal(compiled, eager)
         assert counters["stats"]["unique_graphs"] == 1  # every decoding step; the prompt eager
 
@@ -397,18 +386,13 @@ def test_transformers_own_compiled_greedy_step_traces_media_location_in_one_grap
     model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
     batch = left_padded(tokenizer)
     settings = dict(min_new_tokens=8, max_new_tokens=8)
-    eager = model.generate(images(2, 2), batch.input_ids, batch.attention_mask, **settings)
+    eager = generate_on(model, batch, **settings)
     config = CompileConfig(fullgraph=True, backend="aot_eager", mode=None)
     config._compile_all_devices = True  # transformers compiles on accelerators only otherwise
     torch._dynamo.reset()
     counters.clear()
-    compiled = model.generate(
-        images(2, 2),
-        batch.input_ids,
-        batch.attention_mask,
-        cache_implementation="static",
-        compile_config=config,
-        **settings,
+    compiled = generate_on(
+        model, batch, cache_implementation="static", compile_config=config, **settings
     )
     assert counters["stats"]["unique_graphs"] >= 1  # it did compile
     assert torch.equal(compiled, eager)

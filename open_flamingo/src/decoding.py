@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
 
-CACHE_KWARGS = ("cache", "past_key_values")  # transformers >= 5.24 / earlier 5.x
+from .flamingo_lm import CACHE_KWARGS
 
 
 def reorder_cache_in_place(cache, beam_idx: torch.Tensor):

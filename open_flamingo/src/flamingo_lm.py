@@ -23,7 +23,8 @@ from .helpers import GatedCrossAttentionBlock
 from .lm_registry import get_submodule_by_path
 from .recompute import checkpointed
 
-_CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
+# the KV-cache argument: transformers >= 5.24, earlier 5.x, and decoder layers of some families
+CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
 
 
 @dataclass
@@ -173,7 +174,7 @@ class FlamingoDecoderLayer(nn.Module):
                 "FlamingoDecoderLayer called without visual conditioning; go through "
                 "Flamingo.forward / generate / cache_media."
             )
-        uses_cache = any(kwargs.get(name) is not None for name in _CACHE_KWARGS)
+        uses_cache = any(kwargs.get(name) is not None for name in CACHE_KWARGS)
         if (
             self.gradient_checkpointing
             and self.training
