@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Every GPU figure of docs/benchmarks.md in one run, the most important first, within a time
-# budget: a lent H100 is held for minutes, not hours. From the repo root:
+# Every GPU figure of docs/benchmarks.md and every GPU check in one run, the most important
+# first, within a time budget: a lent H100 is held for minutes, not hours. From the repo root:
 #
-#   OUT=/some/dir BUDGET_S=480 bash scripts/gpu_benchmarks.sh
+#   OUT=/some/dir BUDGET_S=540 bash scripts/gpu_benchmarks.sh
 #
-# Writes $OUT/results.jsonl (the benchmarks' JSON lines), $OUT/log.txt (versions, each command,
-# warnings, torch's CUDA-graph notes) and three torch.profiler tables. A configuration that
-# would start with under 30 s of the budget left is skipped and logged as such.
+# Writes $OUT/results.jsonl (the JSON lines of the benchmarks and of the training runs),
+# $OUT/log.txt (versions, each command, warnings, torch's CUDA-graph notes, the GPU tests'
+# report) and three torch.profiler tables. A step that would start with under 30 s of the budget
+# left is skipped and logged as such; each command sees its own limit as RUN_LIMIT_S.
 #
 # Packages the GPU image lacks travel as wheels in .whl/ (docs/benchmarks.md lists them) and are
 # installed first; the GPT-NeoX tokenizer is read from .cache/assets (scripts/fetch_test_assets.py).
-# SMOKE=1 runs every configuration at tiny shapes with the current environment's packages, to
-# check this script on a CPU.
+# SMOKE=1 runs every step at tiny shapes (the training runs in float32, the GPU tests skipped)
+# with the current environment's packages, to check this script on a CPU.
 set -u
 OUT=${OUT:-gpu_out}
 BUDGET_S=${BUDGET_S:-480}
@@ -25,7 +26,9 @@ fi
 
 train=()
 generate=()
+training_runs=()
 if [[ ${SMOKE:-0} == 1 ]]; then
+    training_runs=(--cpu)
     tiny=(--lm tiny-mpt --vision_encoder_path ViT-Tiny-16)
     train=("${tiny[@]}" --batch_size_laion 2 --max_tokens_laion 16 --batch_size_interleaved 2
         --max_tokens_interleaved 48 --images_per_doc 3 --steps 1 --warmup 0)
@@ -48,7 +51,7 @@ run() {  # run LIMIT_S COMMAND...: its JSON lines to results.jsonl, all else to 
     fi
     ((limit > left)) && limit=$left
     echo "== $* (limit ${limit} s)" >>"$OUT/log.txt"
-    timeout "$limit" "$@" >"$OUT/stdout.tmp" 2>>"$OUT/log.txt" ||
+    RUN_LIMIT_S=$limit timeout "$limit" "$@" >"$OUT/stdout.tmp" 2>>"$OUT/log.txt" ||
         echo "!! exit $? after $((SECONDS - started)) s: $*" >>"$OUT/log.txt"
     grep '^{' "$OUT/stdout.tmp" >>"$OUT/results.jsonl"
     grep -v '^{' "$OUT/stdout.tmp" >>"$OUT/log.txt"
@@ -57,8 +60,11 @@ run() {  # run LIMIT_S COMMAND...: its JSON lines to results.jsonl, all else to 
 
 run 150 python3 scripts/benchmark_train.py "${train[@]}" --profile "$OUT/train_profile.txt"
 run 90 python3 scripts/benchmark_generate.py "${generate[@]}"
+run 240 python3 scripts/gpu_training_runs.py --out /tmp/gpu_training_runs "${training_runs[@]}"
 TORCH_LOGS=perf_hints run 180 python3 scripts/benchmark_generate.py "${generate[@]}" --compile \
     --profile "$OUT/generate_compiled.txt"
+run 150 python3 -m pytest -p no:cacheprovider -q -k cuda tests/test_gpu.py \
+    tests/test_training_precision.py::test_bf16_frozen_weights_give_bitwise_the_same_loss_and_gradients
 run 120 python3 scripts/benchmark_train.py "${train[@]}" --gradient_checkpointing selective
 run 120 python3 scripts/benchmark_train.py --lm llama "${train[@]}"
 run 240 python3 scripts/benchmark_train.py "${train[@]}" --compile

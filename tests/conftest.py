@@ -17,6 +17,9 @@ pytest_plugins = ["ceph_fixtures", "slurm_fixtures", "eval_fixtures"]
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / ".cache" / "assets"
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# CI and the development machine have no GPU; scripts/gpu_benchmarks.sh runs these tests on the
+# lent GPU machine.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 def load_module(path: Path, name: str | None = None):

@@ -164,6 +164,7 @@ def test_single_process_run_honours_its_flags(tiny, tmp_path):
     # 6 micro-steps per epoch (12 samples / batch 2), 2 per optimizer step
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert all(r["peak_memory_gib"] is None for r in rows)  # on CUDA: tests/test_gpu.py
     # cosine after one warm-up step over 3 steps: lr(k) = lr * 0.5 * (1 + cos(pi * (k - 1) / 2))
     expected_lr = [
         1e-3 * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (k - 1) / 2)).item()) for k in (1, 2, 3)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from test_train import argv, tiny  # noqa: F401  (tiny: the training corpus fixture)
 
+from conftest import needs_cuda
 from open_flamingo.train import precision
 from open_flamingo.train.metrics import read_metrics
 from open_flamingo.train.precision import cast_for_precision, store_frozen_matmul_weights_in_bf16
@@ -15,28 +16,37 @@ from tiny_models import FAMILIES, IMAGE_SIZE, randomize_gates
 
 def loss_and_grads(model, vision, ids, labels) -> tuple[torch.Tensor, dict]:
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16):
         loss = model(vision, ids, labels=labels).loss
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return loss.detach(), grads
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_bf16_frozen_weights_give_bitwise_the_same_loss_and_gradients(family, make_flamingo):
+def test_bf16_frozen_weights_give_bitwise_the_same_loss_and_gradients(
+    family, device, make_flamingo, monkeypatch, request
+):
+    if device == "cuda":  # both runs take the same kernels, without atomics
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+        torch.use_deterministic_algorithms(True)
+        request.addfinalizer(lambda: torch.use_deterministic_algorithms(False))
     reference, _, tokenizer = make_flamingo(family)
     randomize_gates(reference)
+    reference.to(device)
     lean = copy.deepcopy(reference)
     cast_for_precision(lean, "amp_bf16")
     assert torch.bfloat16 in {p.dtype for p in lean.parameters()}
 
     text = ["<image>a red square<|endofchunk|><image>two blue circles<|endofchunk|>"] * 2
-    ids = tokenizer(text, return_tensors="pt").input_ids
+    ids = tokenizer(text, return_tensors="pt").input_ids.to(device)
     labels = ids.clone()
     labels[:, :3] = -100
     vision = torch.randn(
         2, 2, 1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(3)
-    )
+    ).to(device)
 
     loss_ref, grads_ref = loss_and_grads(reference, vision, ids, labels)
     loss_lean, grads_lean = loss_and_grads(lean, vision, ids, labels)

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpointing import checkpoint_steps, delete_previous_checkpoints, save_checkpoint
-from .metrics import MetricsLogger, peak_flops
+from .metrics import MetricsLogger, peak_flops, peak_memory_gib
 from .step import TrainStep
 
 
@@ -150,6 +150,7 @@ class Trainer:
             "data_wait_s": window.get("data_wait_s", 0.0) / steps,
             "mfu": self._mfu(elapsed / steps),
             "nonfinite_skipped": self.state.nonfinite_skipped,
+            "peak_memory_gib": peak_memory_gib(acc.device),
         }
         for name, loader in self.loaders.items():
             for reason, n in loader.skip_counts().items():

@@ -1,5 +1,5 @@
 """Run metrics: always a local `metrics.jsonl`, optionally wandb (online or offline), and the
-numbers that say how fast a step is (samples/s, tokens/s, MFU)."""
+numbers that say how fast a step is (samples/s, tokens/s, MFU) and how much GPU memory it holds."""
 
 import json
 import os
@@ -19,6 +19,13 @@ def peak_flops(override_tflops: float | None) -> float | None:
         return None
     name = torch.cuda.get_device_name()
     return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The most GPU memory this process's tensors have held so far (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
 
 
 class StepFlops:
