@@ -13,6 +13,7 @@ It is written under `.checkpoint-<step>.incomplete` and renamed once every rank 
 broken "latest" (the half-written folder is removed by the next save).
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -85,6 +86,28 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def released_weights(accelerator, model) -> dict[str, torch.Tensor]:
+    """`checkpoint.pt`'s tensors (`trainable_state_dict`), complete and on the CPU, on the main
+    process (other ranks get an empty dict). All ranks must call it.
+
+    ZeRO-3 partitions every parameter across ranks: only the released ones are gathered here
+    (accelerate's `get_state_dict` would gather the whole model, and refuses unless the config
+    asks for 16-bit model saves). Below stage 3 the gathering is a no-op.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    gather = contextlib.nullcontext()
+    if accelerator.distributed_type.name == "DEEPSPEED":
+        import deepspeed
+
+        names = set(trainable_state_dict(unwrapped))
+        params = [p for n, p in unwrapped.named_parameters() if n in names]
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gather:
+        if not accelerator.is_main_process:
+            return {}
+        return {k: v.detach().cpu().clone() for k, v in trainable_state_dict(unwrapped).items()}
+
+
 def save_checkpoint(
     accelerator, model, optimizer, scheduler, loaders: dict, trainer_state: dict, run_dir: Path
 ) -> Path:
@@ -99,18 +122,11 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
 
-    unwrapped = accelerator.unwrap_model(model)
     if accelerator.distributed_type.name == "DEEPSPEED":
         model.save_checkpoint(str(tmp / "deepspeed"), tag="state", exclude_frozen_parameters=True)
-        weights = {
-            k: v
-            for k, v in accelerator.get_state_dict(model).items()
-            if k in trainable_state_dict(unwrapped)
-        }
-    else:
-        weights = trainable_state_dict(unwrapped)
+    weights = released_weights(accelerator, model)
     if accelerator.is_main_process:
-        torch.save({k: v.cpu() for k, v in weights.items()}, tmp / "checkpoint.pt")
+        torch.save(weights, tmp / "checkpoint.pt")
         if accelerator.distributed_type.name != "DEEPSPEED":
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
