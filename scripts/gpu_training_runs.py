@@ -13,13 +13,14 @@ In order of importance (the GPU is lent for minutes):
    `--resume_from_checkpoint latest`. Steps after the last checkpoint must repeat run 1's
    losses; steps before the kill compare two fresh starts, i.e. the GPU's run-to-run noise.
 3. `fsdp`: accelerate_config_fsdp.yaml (FSDP2), `--precision amp_bf16`.
-4. `zero1-slurm`: the seed's config (ZeRO-1, optimizer in DeepSpeed's CPU Adam, which DeepSpeed
+4. `fsdp-killed`: as 2, under FSDP2.
+5. `zero1-slurm`: the seed's config (ZeRO-1, optimizer in DeepSpeed's CPU Adam, which DeepSpeed
    builds on first use), `--precision amp_bf16`.
 
-Prints one JSON line per run (config, precision, device, exit status, seconds, losses by step,
-peak GPU memory, checkpoints written) and a last line comparing the resumed steps. `--cpu` runs
-1, 2 and 4 on the CPU in float32 (FSDP needs GPUs). `--budget-s` skips runs that would start
-with under a minute left; skipped runs are listed in the last line.
+Prints one JSON line per run (config, precision, exit status, seconds, losses by step, peak GPU
+memory, checkpoints written; for a killed run also the resumed step and both comparisons) and a
+last line with the device and the runs skipped. `--cpu` runs 1, 2 and 5 on the CPU in float32
+(FSDP needs GPUs). `--budget-s` skips runs that would start with under a minute left.
 """
 
 import argparse
@@ -46,10 +47,11 @@ CHECKPOINT_EVERY = 2
 KILL_AFTER = 5  # checkpoint-4 is complete when step 5 is logged; step 5 is lost with the kill
 BATCH_INTERLEAVED, BATCH_LAION = 4, 8
 RUN_TIMEOUT_S = 300
-PLAN = [  # (name, accelerate config, --precision)
+PLAN = [  # (name, accelerate config, --precision); "<run>-killed" is compared with "<run>"
     ("zero1", "accelerate_config_zero1.yaml", "bf16"),
     ("zero1-killed", "accelerate_config_zero1.yaml", "bf16"),
     ("fsdp", "accelerate_config_fsdp.yaml", "amp_bf16"),
+    ("fsdp-killed", "accelerate_config_fsdp.yaml", "amp_bf16"),
     ("zero1-slurm", "accelerate_config_zero1_slurm.yaml", "amp_bf16"),
 ]
 
@@ -141,7 +143,7 @@ def kill_after_step(process: subprocess.Popen, run_dir: Path, step: int, timeout
     return True
 
 
-def report(name: str, config: str, precision: str, run_dir: Path, status: int, seconds: float):
+def report(name, config, precision, run_dir: Path, status: int, seconds: float, extra=None):
     rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     peaks = [row["peak_memory_gib"] for row in rows if row.get("peak_memory_gib") is not None]
     result = {
@@ -153,6 +155,7 @@ def report(name: str, config: str, precision: str, run_dir: Path, status: int, s
         "losses": {row["step"]: row["loss"] for row in rows},
         "peak_memory_gib": max(peaks) if peaks else None,
         "checkpoints": checkpoint_steps(run_dir) if run_dir.exists() else [],
+        **(extra or {}),
     }
     print(json.dumps(result), flush=True)
     if status != 0:
@@ -205,8 +208,8 @@ def main(argv=None) -> int:
     }
     plan = [run for run in PLAN if run[0] in (args.runs or [run[0] for run in PLAN])]
     if args.cpu:
-        plan = [run for run in plan if run[0] != "fsdp"]
-    results, skipped, before_kill, resumed_from = {}, [], {}, 0
+        plan = [run for run in plan if not run[0].startswith("fsdp")]
+    results, skipped = {}, []
     for name, config, precision in plan:
         precision = "fp32" if args.cpu else precision
         left = args.budget_s - (time.monotonic() - started)
@@ -221,31 +224,33 @@ def main(argv=None) -> int:
         command = train_command(config, precision, run_dir, inputs)
         begin = time.monotonic()
         process = start(command, log, env)
-        if name == "zero1-killed":
+        comparison = {}
+        if name.endswith("-killed"):
             if not kill_after_step(process, run_dir, KILL_AFTER, min(left, RUN_TIMEOUT_S)):
                 status = process.returncode if process.returncode else 1
                 results[name] = report(name, config, precision, run_dir, status, 0.0)
                 continue
-            before_kill = losses(run_dir)
+            reference = results.get(name.removesuffix("-killed"), {}).get("losses", {})
             resumed_from = checkpoint_steps(run_dir)[-1]  # what `latest` resumes
+            comparison = {
+                "resumed_from_step": resumed_from,
+                # before the kill: two fresh starts, i.e. the run-to-run noise
+                "fresh_start_vs_fresh_start": relative_differences(
+                    losses(run_dir), reference, range(1, KILL_AFTER + 1)
+                ),
+            }
             command += ["--resume_from_checkpoint", "latest"]
             process = start(command, log, env)
         left = args.budget_s - (time.monotonic() - started)
         status = wait(process, min(max(left, 1), RUN_TIMEOUT_S))
         seconds = time.monotonic() - begin
-        results[name] = report(name, config, precision, run_dir, status, seconds)
+        if comparison:
+            comparison["resumed_vs_uninterrupted"] = relative_differences(
+                losses(run_dir), reference, range(comparison["resumed_from_step"] + 1, STEPS + 1)
+            )
+        results[name] = report(name, config, precision, run_dir, status, seconds, comparison)
 
-    summary = {"device": device, "skipped": skipped}
-    if "zero1" in results and "zero1-killed" in results:
-        reference = results["zero1"]["losses"]
-        summary["resumed_from_step"] = resumed_from
-        summary["resumed_vs_uninterrupted"] = relative_differences(
-            results["zero1-killed"]["losses"], reference, range(resumed_from + 1, STEPS + 1)
-        )
-        summary["fresh_start_vs_fresh_start"] = relative_differences(
-            before_kill, reference, range(1, KILL_AFTER + 1)
-        )
-    print(json.dumps(summary), flush=True)
+    print(json.dumps({"device": device, "skipped": skipped}), flush=True)
     return 1 if any(result["status"] for result in results.values()) else 0
 
 

@@ -3,7 +3,8 @@
 A checkpoint folder `<run>/checkpoint-<step>/` holds:
 * `checkpoint.pt`: the trainable weights in the released format (perceiver, cross-attention,
   input embedding), loadable with `model.load_state_dict(torch.load(path), strict=False)`;
-* the optimizer: `optimizer.pt`, or DeepSpeed's (ZeRO-sharded) files under `deepspeed/`;
+* the optimizer: `optimizer.pt` (under FSDP whole tensors keyed by parameter name), or
+  DeepSpeed's (ZeRO-sharded) files under `deepspeed/`;
 * `scheduler.pt`, `trainer_state.json` (step, epoch, position in the epoch, counters);
 * per rank: `rng_rank<r>.pt` (Python, NumPy, torch and CUDA generators) and
   `loaders_rank<r>.json` (the data-loader states).
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 
 from open_flamingo.src.checkpoint import load_checkpoint, trainable_state_dict
+
+from .fsdp import full_optimizer_state, full_released_weights, load_full_state, uses_fsdp
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +83,11 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _unwrap_optimizer(optimizer):
+    """torch's optimizer inside accelerate's AcceleratedOptimizer."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
@@ -92,9 +100,11 @@ def released_weights(accelerator, model) -> dict[str, torch.Tensor]:
 
     ZeRO-3 partitions every parameter across ranks: only the released ones are gathered here
     (accelerate's `get_state_dict` would gather the whole model, and refuses unless the config
-    asks for 16-bit model saves). Below stage 3 the gathering is a no-op.
+    asks for 16-bit model saves). Below stage 3 the gathering is a no-op. FSDP: `fsdp.py`.
     """
     unwrapped = accelerator.unwrap_model(model)
+    if uses_fsdp(accelerator):
+        return full_released_weights(unwrapped, accelerator.is_main_process)
     gather = contextlib.nullcontext()
     if accelerator.distributed_type.name == "DEEPSPEED":
         import deepspeed
@@ -122,13 +132,18 @@ def save_checkpoint(
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
 
-    if accelerator.distributed_type.name == "DEEPSPEED":
+    deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
+    if deepspeed:
         model.save_checkpoint(str(tmp / "deepspeed"), tag="state", exclude_frozen_parameters=True)
     weights = released_weights(accelerator, model)
+    if uses_fsdp(accelerator):  # whole tensors, by parameter name (fsdp.py)
+        optimizer_state = full_optimizer_state(model, _unwrap_optimizer(optimizer))
+    elif not deepspeed:
+        optimizer_state = optimizer.state_dict()
     if accelerator.is_main_process:
         torch.save(weights, tmp / "checkpoint.pt")
-        if accelerator.distributed_type.name != "DEEPSPEED":
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not deepspeed:
+            torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(_rng_state(), tmp / f"rng_rank{rank}.pt")
     (tmp / f"loaders_rank{rank}.json").write_text(
@@ -158,6 +173,13 @@ def load_training_checkpoint(
             load_module_strict=False,
             load_optimizer_states=True,
             load_lr_scheduler_states=False,
+        )
+    elif uses_fsdp(accelerator):
+        load_full_state(
+            model,
+            _unwrap_optimizer(optimizer),
+            torch.load(path / "checkpoint.pt", map_location="cpu"),
+            torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False),
         )
     else:
         load_checkpoint(unwrapped, path / "checkpoint.pt")

@@ -26,7 +26,8 @@ class TrainerState:
 def embedding_gradient_mask(model, token_ids: list[int]):
     """Keep the input-embedding gradient only on `token_ids` rows (upstream trains only the
     `<image>` / `<|endofchunk|>` rows). A tensor hook, so it applies before DDP / DeepSpeed see
-    the gradient. Returns the hook handle."""
+    the gradient. Returns the hook handle. (FSDP replaces the weight: `fsdp.mask_embedding_rows`
+    instead, through `TrainStep`.)"""
     weight = model.lang_encoder.get_input_embeddings().weight
     mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
     mask[token_ids] = 1
@@ -48,6 +49,7 @@ class Trainer:
         loaders: dict,
         run_dir: Path,
         state: TrainerState | None = None,
+        sharded_embedding_rows: list[int] | None = None,
     ):
         self.args = args
         self.accelerator = accelerator
@@ -60,7 +62,7 @@ class Trainer:
         self.metrics = MetricsLogger(run_dir, accelerator, args)
         self.num_batches = len(loaders["interleaved"])
         self.total_steps = args.num_epochs * self.num_batches // args.gradient_accumulation_steps
-        self.micro_step = TrainStep(args, accelerator, model, optimizer)
+        self.micro_step = TrainStep(args, accelerator, model, optimizer, sharded_embedding_rows)
         self.peak_flops = peak_flops(args.peak_tflops)
         self._window: dict[str, float] = {}
 

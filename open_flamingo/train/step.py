@@ -10,7 +10,9 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 
+from .fsdp import mask_embedding_rows
 from .metrics import StepFlops
 
 
@@ -29,10 +31,11 @@ class TrainStep:
     """Callable micro-step over an `accelerator.prepare`d model and optimizer.
 
     `max_grad_norm` and the loss multipliers come from the training flags. FLOPs of the first
-    call on the main process are counted (`self.flops`), for MFU.
+    call on the main process are counted (`self.flops`), for MFU. `sharded_embedding_rows`:
+    under FSDP, the input-embedding rows whose gradient is kept (fsdp.py).
     """
 
-    def __init__(self, args, accelerator, model, optimizer):
+    def __init__(self, args, accelerator, model, optimizer, sharded_embedding_rows=None):
         self.args = args
         self.accelerator = accelerator
         self.model = model
@@ -41,6 +44,8 @@ class TrainStep:
         self.ddp = accelerator.distributed_type.name in ("MULTI_GPU", "MULTI_CPU")
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.flops = StepFlops()
+        self.sharded_embedding_rows = sharded_embedding_rows
+        self.embedding = accelerator.unwrap_model(model).lang_encoder.get_input_embeddings()
 
     def loss(self, batch: dict) -> torch.Tensor:
         device = self.accelerator.device
@@ -75,7 +80,11 @@ class TrainStep:
                 acc.backward(loss)
             grad_norm = None
             if finite and acc.sync_gradients and not self.deepspeed:
+                if self.sharded_embedding_rows:
+                    mask_embedding_rows(self.embedding.weight, self.sharded_embedding_rows)
                 grad_norm = acc.clip_grad_norm_(self.trainable, args.max_grad_norm)
+                if isinstance(grad_norm, DTensor):
+                    grad_norm = grad_norm.full_tensor()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return StepResult(

@@ -20,6 +20,7 @@ from open_flamingo.src.factory import create_model_and_transforms
 from open_flamingo.train.args import parse_args
 from open_flamingo.train.checkpointing import load_training_checkpoint, resolve_resume
 from open_flamingo.train.distributed import make_accelerator, optimizer_offloaded
+from open_flamingo.train.fsdp import uses_fsdp
 from open_flamingo.train.loop import Trainer, TrainerState, embedding_gradient_mask
 from open_flamingo.train.optim import build_optimizer, build_scheduler
 from open_flamingo.train.precision import cast_for_precision
@@ -79,8 +80,9 @@ def main(argv=None) -> int:
     )
     if args.load_from_pretrained:
         load_checkpoint(model, args.load_from_pretrained)
-    if not args.freeze_lm_embeddings:
-        embedding_gradient_mask(model, [model.media_token_id, model.eoc_token_id])
+    trained_rows = None if args.freeze_lm_embeddings else [model.media_token_id, model.eoc_token_id]
+    if trained_rows and not uses_fsdp(accelerator):  # FSDP: TrainStep masks the sharded gradient
+        embedding_gradient_mask(model, trained_rows)
     cast_for_precision(model, args.precision, accelerator.distributed_type.name)
 
     loaders = build_loaders(args, image_processor, tokenizer, accelerator)
@@ -120,7 +122,10 @@ def main(argv=None) -> int:
         total_steps,
         stepping_optimizer_name(optimizer),
     )
-    Trainer(args, accelerator, model, optimizer, scheduler, loaders, run_dir, state).train()
+    sharded_rows = trained_rows if uses_fsdp(accelerator) else None
+    Trainer(
+        args, accelerator, model, optimizer, scheduler, loaders, run_dir, state, sharded_rows
+    ).train()
     return 0
 
 

@@ -1,0 +1,143 @@
+"""Run under `torchrun --nproc_per_node 2` by tests/test_fsdp.py: the FSDP2 helpers of the trainer
+(open_flamingo/train/fsdp.py) on a tiny Flamingo sharded with torch's `fully_shard` over gloo,
+against a plain copy of the model.
+
+    torchrun --nproc_per_node 2 tests/fsdp_probe.py OUT_DIR LM_DIR TOKENIZER_DIR
+
+accelerate makes FSDP only on GPUs, so the sharding is done here as accelerate's fsdp config
+does it (each decoder layer, cross-attention block and the perceiver a unit, then the root).
+Both ranks train on the same batch, so the reduced gradient equals the plain copy's. Each rank
+writes OUT_DIR/rank<k>.pt with what the test compares.
+"""
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import DTensor
+
+from open_flamingo.src.flamingo_lm import FlamingoDecoderLayer
+from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampler
+from open_flamingo.train.fsdp import (
+    full_optimizer_state,
+    full_released_weights,
+    load_full_state,
+    mask_embedding_rows,
+)
+from open_flamingo.train.loop import embedding_gradient_mask
+from open_flamingo.train.optim import build_optimizer
+from tiny_models import IMAGE_SIZE, build_flamingo
+
+TEXT = ["<image>a red square<|endofchunk|><image>two blue circles<|endofchunk|>"] * 2
+
+
+def shard(model, mesh) -> None:
+    units = (FlamingoDecoderLayer, GatedCrossAttentionBlock, PerceiverResampler)
+    for module in reversed(list(model.modules())):
+        if isinstance(module, units):
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+
+    def fresh():
+        model, _, tokenizer = build_flamingo(Path(lm_dir), Path(tokenizer_dir), seed=0)
+        with torch.no_grad():  # open the gates (at 0 they zero every Flamingo gradient)
+            for name, param in model.named_parameters():
+                if name.endswith(("attn_gate", "ff_gate")):
+                    param.fill_(0.5)
+        return model, tokenizer
+
+    plain, tokenizer = fresh()
+    rows = [plain.media_token_id, plain.eoc_token_id]
+    sharded = copy.deepcopy(plain)
+    embedding_gradient_mask(plain, rows)
+    shard(sharded, mesh)
+    plain_optimizer = build_optimizer(plain, 1e-2, 0.1)
+    sharded_optimizer = build_optimizer(sharded, 1e-2, 0.1)
+
+    ids = tokenizer(TEXT, return_tensors="pt").input_ids
+    labels = ids.clone()
+    labels[:, :3] = -100
+    vision = torch.randn(
+        2, 2, 1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=torch.Generator().manual_seed(3)
+    )
+
+    def backward(model) -> float:
+        loss = model(vision, ids, labels=labels).loss
+        loss.backward()
+        return loss.item()
+
+    def step(model, optimizer) -> float:
+        loss = backward(model)
+        mask_embedding_rows(model.lang_encoder.get_input_embeddings().weight, rows)
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss
+
+    report = {"grad_rel_diff": [], "losses": [], "plain_losses": []}
+    for _ in range(2):  # the gradients both optimizers get, then their steps
+        report["plain_losses"].append(backward(plain))  # masked by the tensor hook
+        report["losses"].append(backward(sharded))
+        mask_embedding_rows(sharded.lang_encoder.get_input_embeddings().weight, rows)
+        grads = {n: whole(p.grad) for n, p in sharded.named_parameters() if p.grad is not None}
+        plain_grads = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
+        assert grads.keys() == plain_grads.keys()
+        report["grad_rel_diff"].append(
+            max(
+                float((g - plain_grads[n]).norm() / plain_grads[n].norm()) for n, g in grads.items()
+            )
+        )
+        embedding = grads[next(n for n in grads if "embed_tokens" in n)]  # (V, D)
+        report["embedding_rows_with_grad"] = embedding.abs().sum(1).nonzero().flatten().tolist()
+        for optimizer in (plain_optimizer, sharded_optimizer):
+            optimizer.step()
+            optimizer.zero_grad()
+
+    released = full_released_weights(sharded, main_process=rank == 0)
+    optimizer_state = full_optimizer_state(sharded, sharded_optimizer)
+    plain_state = plain.state_dict()
+    if rank == 0:
+        torch.save(released, Path(out_dir) / "checkpoint.pt")
+        torch.save(optimizer_state, Path(out_dir) / "optimizer.pt")
+        report["released_vs_plain"] = max(
+            float((v - plain_state[k]).abs().max()) for k, v in released.items()
+        )
+        report["released_keys"] = sorted(released)
+    dist.barrier()
+
+    # continue the run, and resume it in a fresh sharded model from what was saved
+    report["step3"] = step(sharded, sharded_optimizer)
+    continued = {n: whole(p).detach().clone() for n, p in sharded.named_parameters()}
+    resumed, _ = fresh()
+    shard(resumed, mesh)
+    resumed_optimizer = build_optimizer(resumed, 1e-2, 0.1)
+    load_full_state(
+        resumed,
+        resumed_optimizer,
+        torch.load(Path(out_dir) / "checkpoint.pt"),
+        torch.load(Path(out_dir) / "optimizer.pt", weights_only=False),
+    )
+    report["step3_resumed"] = step(resumed, resumed_optimizer)
+    after = {n: whole(p).detach() for n, p in resumed.named_parameters()}
+    report["params_differing_after_resume"] = [
+        n for n in continued if not torch.equal(continued[n], after[n])
+    ]
+    torch.save(report, Path(out_dir) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
