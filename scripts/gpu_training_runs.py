@@ -191,7 +191,9 @@ def main(argv=None) -> int:
     if not args.cpu:
         import torch
 
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no GPU)"
+        if not torch.cuda.is_available():
+            parser.error("no CUDA GPU here; --cpu checks this script on the CPU (float32)")
+        device = torch.cuda.get_device_name()
 
     inputs = {
         "lm": prepare_tiny_llama(out / "lm", seed=0),
