@@ -6,12 +6,14 @@ against a plain copy of the model.
 
 accelerate makes FSDP only on GPUs, so the sharding is done here as accelerate's fsdp config
 does it (each decoder layer, cross-attention block and the perceiver a unit, then the root).
-Both ranks train on the same batch, so the reduced gradient equals the plain copy's. Each rank
-writes OUT_DIR/rank<k>.pt with what the test compares.
+Both ranks train on the same batch, so the reduced gradient equals the plain copy's. The
+trainer's `save_checkpoint` / `load_training_checkpoint` write and resume OUT_DIR/run/checkpoint-2.
+Each rank writes OUT_DIR/rank<k>.pt with what the test compares.
 """
 
 import copy
 import sys
+import types
 from pathlib import Path
 
 import torch
@@ -22,17 +24,30 @@ from torch.distributed.tensor import DTensor
 
 from open_flamingo.src.flamingo_lm import FlamingoDecoderLayer
 from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampler
-from open_flamingo.train.fsdp import (
-    full_optimizer_state,
-    full_released_weights,
-    load_full_state,
-    mask_embedding_rows,
-)
+from open_flamingo.train.checkpointing import load_training_checkpoint, save_checkpoint
+from open_flamingo.train.fsdp import mask_embedding_rows
 from open_flamingo.train.loop import embedding_gradient_mask
 from open_flamingo.train.optim import build_optimizer
 from tiny_models import IMAGE_SIZE, build_flamingo
 
 TEXT = ["<image>a red square<|endofchunk|><image>two blue circles<|endofchunk|>"] * 2
+
+
+class ShardedAccelerator:
+    """What the trainer's checkpoint code reads from accelerate's Accelerator, for a run
+    sharded by FSDP (accelerate itself makes FSDP only on GPUs)."""
+
+    distributed_type = types.SimpleNamespace(name="FSDP")
+
+    def __init__(self, rank: int):
+        self.process_index = rank
+        self.is_main_process = rank == 0
+
+    def wait_for_everyone(self) -> None:
+        dist.barrier()
+
+    def unwrap_model(self, model):
+        return model
 
 
 def shard(model, mesh) -> None:
@@ -106,17 +121,21 @@ def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:
             optimizer.step()
             optimizer.zero_grad()
 
-    released = full_released_weights(sharded, main_process=rank == 0)
-    optimizer_state = full_optimizer_state(sharded, sharded_optimizer)
-    plain_state = plain.state_dict()
+    # the trainer's checkpoint code, as the trainer calls it
+    run_dir = Path(out_dir) / "run"
+    run_dir.mkdir(exist_ok=True)
+    accelerator = ShardedAccelerator(rank)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(sharded_optimizer, lambda step: 1.0)
+    checkpoint = save_checkpoint(
+        accelerator, sharded, sharded_optimizer, scheduler, {}, {"step": 2}, run_dir
+    )
     if rank == 0:
-        torch.save(released, Path(out_dir) / "checkpoint.pt")
-        torch.save(optimizer_state, Path(out_dir) / "optimizer.pt")
+        released = torch.load(checkpoint / "checkpoint.pt")
+        plain_state = plain.state_dict()
         report["released_vs_plain"] = max(
             float((v - plain_state[k]).abs().max()) for k, v in released.items()
         )
         report["released_keys"] = sorted(released)
-    dist.barrier()
 
     # continue the run, and resume it in a fresh sharded model from what was saved
     report["step3"] = step(sharded, sharded_optimizer)
@@ -124,11 +143,9 @@ def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:
     resumed, _ = fresh()
     shard(resumed, mesh)
     resumed_optimizer = build_optimizer(resumed, 1e-2, 0.1)
-    load_full_state(
-        resumed,
-        resumed_optimizer,
-        torch.load(Path(out_dir) / "checkpoint.pt"),
-        torch.load(Path(out_dir) / "optimizer.pt", weights_only=False),
+    resumed_scheduler = torch.optim.lr_scheduler.LambdaLR(resumed_optimizer, lambda step: 1.0)
+    load_training_checkpoint(
+        accelerator, resumed, resumed_optimizer, resumed_scheduler, {}, checkpoint
     )
     report["step3_resumed"] = step(resumed, resumed_optimizer)
     after = {n: whole(p).detach() for n, p in resumed.named_parameters()}

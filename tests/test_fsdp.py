@@ -1,6 +1,7 @@
-"""The trainer's FSDP2 code (open_flamingo/train/fsdp.py) on CPU: 2 processes over gloo, the model
-sharded with torch's `fully_shard`, against a plain copy (tests/fsdp_probe.py). accelerate makes
-FSDP only on GPUs; scripts/gpu_training_runs.py runs the fsdp config end to end on one."""
+"""The trainer's FSDP2 code (open_flamingo/train/fsdp.py, and the checkpoint save / resume that
+uses it) on CPU: 2 processes over gloo, the model sharded with torch's `fully_shard`, against a
+plain copy (tests/fsdp_probe.py). accelerate makes FSDP only on GPUs;
+scripts/gpu_training_runs.py runs the fsdp config end to end on one."""
 
 import os
 import subprocess
@@ -38,7 +39,7 @@ def test_sharded_gradients_equal_the_plain_model_s_with_the_embedding_rows_maske
 
 def test_checkpoint_pt_holds_whole_tensors_equal_to_the_plain_model_s(probe, make_flamingo):
     ranks, out = probe
-    released = torch.load(out / "checkpoint.pt")
+    released = torch.load(out / "run" / "checkpoint-2" / "checkpoint.pt")
     model, _, _ = make_flamingo("llama")
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert sorted(released) == ranks[0]["released_keys"]
@@ -51,7 +52,7 @@ def test_checkpoint_pt_holds_whole_tensors_equal_to_the_plain_model_s(probe, mak
 
 def test_resuming_from_the_saved_weights_and_optimizer_continues_exactly(probe):
     ranks, out = probe
-    optimizer = torch.load(out / "optimizer.pt", weights_only=False)
+    optimizer = torch.load(out / "run" / "checkpoint-2" / "optimizer.pt", weights_only=False)
     assert "perceiver.latents" in optimizer["state"]  # whole state, keyed by parameter name
     for report in ranks:
         assert report["step3_resumed"] == report["step3"]
