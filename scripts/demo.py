@@ -257,6 +257,11 @@ def write_corpus(corpus_dir: Path, settings: Settings) -> dict:
 
 
 # ---------------------------------------------------------------------------------- training
+def flag_args(flags: dict) -> list[str]:
+    """`--name value` pairs of the trainer's command line."""
+    return [arg for name, value in flags.items() for arg in (f"--{name}", str(value))]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -328,10 +333,7 @@ def train_command(
         "logging_steps": s.logging_steps,
         "checkpointing_steps": s.checkpointing_steps,
     }
-    command = [*launch, str(TRAIN_SCRIPT)]
-    for name, value in flags.items():
-        command += [f"--{name}", str(value)]
-    return command, env
+    return [*launch, str(TRAIN_SCRIPT), *flag_args(flags)], env
 
 
 # ---------------------------------------------------------------------------------- captions

@@ -26,8 +26,8 @@ last line with the device and the runs skipped. `--cpu` runs 1, 2 and 5 on the C
 import argparse
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,13 +35,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
-from demo import VISION_ENCODER, prepare_tiny_llama, prepare_vision_encoder  # noqa: E402
+from demo import (  # noqa: E402
+    TRAIN_SCRIPT,
+    VISION_ENCODER,
+    flag_args,
+    free_port,
+    prepare_tiny_llama,
+    prepare_vision_encoder,
+)
 
 from open_flamingo.data.synthetic import write_synthetic_corpus  # noqa: E402
 from open_flamingo.train.checkpointing import checkpoint_steps  # noqa: E402
 from open_flamingo.train.metrics import read_metrics  # noqa: E402
 
-TRAIN_SCRIPT = REPO / "open_flamingo" / "train" / "train_omnicorpus.py"
 STEPS = 8
 CHECKPOINT_EVERY = 2
 KILL_AFTER = 5  # checkpoint-4 is complete when step 5 is logged; step 5 is lost with the kill
@@ -54,12 +60,6 @@ PLAN = [  # (name, accelerate config, --precision); "<run>-killed" is compared w
     ("fsdp-killed", "accelerate_config_fsdp.yaml", "amp_bf16"),
     ("zero1-slurm", "accelerate_config_zero1_slurm.yaml", "amp_bf16"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def train_command(config: str, precision: str, run_dir: Path, inputs: dict) -> list:
@@ -93,10 +93,7 @@ def train_command(config: str, precision: str, run_dir: Path, inputs: dict) -> l
         "external_save_dir": run_dir.parent,
         "run_name": run_dir.name,
     }
-    command = [*launch, str(TRAIN_SCRIPT)]
-    for name, value in flags.items():
-        command += [f"--{name}", str(value)]
-    return command
+    return [*launch, str(TRAIN_SCRIPT), *flag_args(flags)]
 
 
 def environment(cpu: bool) -> dict:
@@ -219,10 +216,10 @@ def main(argv=None) -> int:
             skipped.append(name)
             continue
         run_dir = out / "runs" / name
-        if run_dir.exists():
-            subprocess.run(["rm", "-rf", str(run_dir), f"{run_dir}.log"], check=True)
-        run_dir.parent.mkdir(parents=True, exist_ok=True)
         log = run_dir.parent / f"{name}.log"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run: metrics.jsonl is appended to
+        log.unlink(missing_ok=True)
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
         command = train_command(config, precision, run_dir, inputs)
         begin = time.monotonic()
         process = start(command, log, env)

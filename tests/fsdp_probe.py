@@ -20,12 +20,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
 
 from open_flamingo.src.flamingo_lm import FlamingoDecoderLayer
 from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampler
 from open_flamingo.train.checkpointing import load_training_checkpoint, save_checkpoint
-from open_flamingo.train.fsdp import mask_embedding_rows
+from open_flamingo.train.fsdp import mask_embedding_rows, whole
 from open_flamingo.train.loop import embedding_gradient_mask
 from open_flamingo.train.optim import build_optimizer
 from tiny_models import IMAGE_SIZE, build_flamingo
@@ -56,10 +55,6 @@ def shard(model, mesh) -> None:
         if isinstance(module, units):
             fully_shard(module, mesh=mesh)
     fully_shard(model, mesh=mesh)
-
-
-def whole(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:

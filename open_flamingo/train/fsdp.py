@@ -30,6 +30,11 @@ def uses_fsdp(accelerator) -> bool:
     return accelerator.distributed_type.name == "FSDP"
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (a gather: every rank calls it); others as they are."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
 def mask_embedding_rows(weight: torch.nn.Parameter, token_ids: list[int]) -> None:
     """Zero the gradient of `weight` (V, D), sharded or not, outside the `token_ids` rows."""
     if weight.grad is None:
@@ -46,9 +51,9 @@ def full_released_weights(model: torch.nn.Module, main_process: bool) -> dict[st
     """`trainable_state_dict(model)` as whole CPU tensors on the main process ({} elsewhere)."""
     weights = {}
     for name, value in trainable_state_dict(model).items():
-        whole = value.full_tensor() if isinstance(value, DTensor) else value
+        gathered = whole(value)
         if main_process:
-            weights[name] = whole.detach().cpu().clone()
+            weights[name] = gathered.detach().cpu().clone()
     return weights
 
 

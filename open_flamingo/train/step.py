@@ -10,9 +10,8 @@ import contextlib
 from dataclasses import dataclass
 
 import torch
-from torch.distributed.tensor import DTensor
 
-from .fsdp import mask_embedding_rows
+from .fsdp import mask_embedding_rows, whole
 from .metrics import StepFlops
 
 
@@ -82,9 +81,7 @@ class TrainStep:
             if finite and acc.sync_gradients and not self.deepspeed:
                 if self.sharded_embedding_rows:
                     mask_embedding_rows(self.embedding.weight, self.sharded_embedding_rows)
-                grad_norm = acc.clip_grad_norm_(self.trainable, args.max_grad_norm)
-                if isinstance(grad_norm, DTensor):
-                    grad_norm = grad_norm.full_tensor()
+                grad_norm = whole(acc.clip_grad_norm_(self.trainable, args.max_grad_norm))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return StepResult(
