@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be at least 1")
-    if args.retry_deadline < 0:
-        parser.error("--retry-deadline must not be negative")
+    if not args.retry_deadline >= 0:  # NaN too
+        parser.error("--retry-deadline must be a number of seconds >= 0")
     try:
         manifest = build_manifest(args.spec, args.threads, args.retry_deadline)
     except (ValueError, StorageError) as error:  # nothing found; a bad or unreadable manifest

@@ -1,12 +1,13 @@
 """Fixtures for tests against a real S3 endpoint: a Ceph RADOS Gateway on loopback
 (scripts/ceph_rgw.py), started once per test session when a test asks for it."""
 
+import socket
 import uuid
 
 import pytest
 
 from conftest import load_script, require
-from open_flamingo.data import storage
+from open_flamingo.data import s3, storage
 
 
 def _load_ceph_rgw():
@@ -71,3 +72,26 @@ def s3_bucket(s3_client_admin) -> str:
         if keys:
             s3_client_admin.delete_objects(Bucket=name, Delete={"Objects": keys})
     s3_client_admin.delete_bucket(Bucket=name)
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def point_s3_at_a_closed_port(monkeypatch) -> None:
+    """S3 clients with keys but no server (a closed port on loopback), one attempt per request."""
+    settings = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed_port()}",
+        "AWS_ACCESS_KEY_ID": "key",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/nonexistent/config",
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+        s3.MAX_ATTEMPTS_ENV: "1",
+    }
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)

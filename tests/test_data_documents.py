@@ -95,6 +95,7 @@ def test_obelics_metadata_as_json_string_and_named_files():
         ({"texts": [7, None, "About a.", None]}, "text 0 is a int"),
         ({"images": [None, {"url": URL_A}, None, URL_B]}, "image 1 is {'url'"),
         ({"metadata": "{not json"}, "metadata is not valid JSON"),
+        ({"metadata": "[" * 5000 + "]" * 5000}, "metadata is not valid JSON"),  # RecursionError
         ({"metadata": {"width": 1}}, "metadata is a dict"),
         ({"metadata": [None, None, None]}, "3 metadata entries for 4 positions and 2 images"),
         ({"metadata": [None, {"image_name": "../../etc/passwd"}, None, None]}, "unsafe image"),
@@ -190,7 +191,8 @@ def test_mmc4_places_each_matched_image_before_its_sentence():
         ({"image_info": [{"image_name": "a.jpg"}, "b.jpg"]}, "image_info holds a non-object"),
         ({"similarity_matrix": [[0.9, 0.8, 0.1]]}, "similarity_matrix is (1, 3), expected (2, 3)"),
         ({"similarity_matrix": [[0.9, 0.8], [0.1, 0.2, 0.3]]}, "similarity_matrix"),
-        ({"similarity_matrix": None}, "similarity_matrix is ()"),
+        ({"similarity_matrix": None}, "missing field 'similarity_matrix'"),
+        ({"similarity_matrix": 0.5}, "field 'similarity_matrix' is a float"),
         ({"similarity_matrix": [[0.9, float("nan"), 0], [0, 0, 0]]}, "NaN"),
         ({"image_info": [{"raw_url": "x"}, {"image_name": "b.jpg"}]}, "image_info[0] has no"),
     ],
@@ -245,6 +247,9 @@ def test_mmc4_wds_leaves_out_unusable_images_before_matching():
         ({"__key__": "1", "txt": b"x"}, "schema"),
         ({"__key__": "1", "json": b'{"text_list": ['}, "invalid_json"),
         ({"__key__": "1", "json": b'{"text_list": ["\xe9"]}'}, "non_utf8"),
+        ({"__key__": "1", "json": b'{"text_list": ["\\ud800"]}'}, "non_utf8"),  # lone surrogate
+        ({"__key__": "1", "json": b"[" * 5000 + b"]" * 5000}, "invalid_json"),  # RecursionError
+        ({"__key__": "1", "json": b'{"n": ' + b"1" * 5000 + b"}"}, "invalid_json"),  # ValueError
         ({"__key__": "1", "json": b"[]"}, "schema"),
         (
             wds_sample(mmc4_record(image_info=[{"image_base64": "abc"}], similarity_matrix=[[1]])),

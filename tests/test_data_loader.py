@@ -11,15 +11,17 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from ceph_fixtures import point_s3_at_a_closed_port
 from PIL import Image
 
 from conftest import REPO
 from open_flamingo.data import storage
 from open_flamingo.data.doc_types import image_object_name
+from open_flamingo.data.formats import get_format
 from open_flamingo.data.loader import get_data
 from open_flamingo.data.shards import iter_records
 from open_flamingo.data.skips import SkipCounter
-from open_flamingo.data.stream import Part, StreamConfig, pass_parts, record_order
+from open_flamingo.data.stream import Part, SlotStream, StreamConfig, pass_parts, record_order
 from open_flamingo.data.synthetic import write_synthetic_corpus
 from tiny_models import VISION_ENCODER
 
@@ -233,6 +235,13 @@ def _jpeg(color, size=64) -> bytes:
     return buffer.getvalue()
 
 
+def _thin_png() -> bytes:
+    """A valid 1 x 30000 PNG of a few hundred bytes: resized to 224 px wide it is 6.7 G pixels."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 30_000)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _bomb() -> bytes:
     """A valid PNG header declaring 40000 x 40000 pixels (1.6 gigapixels)."""
     buffer = io.BytesIO()
@@ -267,6 +276,10 @@ def write_bad_corpus(root) -> dict[int, dict[str, int]]:
         (doc([image("corrupt", b"\xff\xd8\xff\xe0garbage")]), {"corrupt_image": 1, "no_images": 1}),
         (doc([image("empty", b"")]), {"empty_image": 1, "no_images": 1}),
         (doc([image("bomb", _bomb())]), {"decompression_bomb": 1, "no_images": 1}),
+        (doc([image("thin", _thin_png())]), {"extreme_aspect_ratio": 1, "no_images": 1}),
+        # valid JSON that json.loads refuses, or holds text that is not Unicode: shard-level
+        ("[" * 5000 + "]" * 5000, None),
+        (doc([good]).replace("a red square", "cut emoji \\ud83d"), None),
         (json.dumps({"images": [good], "texts": ["both set"]}), {"schema": 1}),
         (json.dumps([1, 2, 3]), None),  # not an object: a shard-level schema problem
         (doc([image(f"many{i}", _jpeg("green")) for i in range(8)]), {"images_over_limit": 2}),
@@ -278,7 +291,7 @@ def write_bad_corpus(root) -> dict[int, dict[str, int]]:
     (root / "docs").mkdir()
     (root / "docs" / "bad.jsonl").write_bytes(data)
     effects = {i: reasons for i, (_, reasons) in enumerate(lines) if reasons is not None}
-    effects[-1] = {"invalid_json": 1, "schema": 1, "non_utf8": 1, "truncated_shard": 1}
+    effects[-1] = {"invalid_json": 2, "schema": 1, "non_utf8": 2, "truncated_shard": 1}
     return effects
 
 
@@ -334,6 +347,73 @@ def test_every_kind_of_bad_input_is_met_in_a_full_pass(tmp_path, tokenizer, imag
     assert loader.states[0]["passes"] >= 2
     every_reason = {r for reasons in effects.values() for r in reasons}
     assert set(loader.skip_counts()) == every_reason
+
+
+def test_slot_without_records_shows_why_its_shards_gave_none(tmp_path, tokenizer, image_processor):
+    args = loader_args(tmp_path, omnicorpus_shards=f"{tmp_path}/{{a,b}}.jsonl", workers=0)
+    loader = get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
+    with pytest.raises(RuntimeError, match=r"no record in 101 passes.*'shard_unreadable': 202"):
+        next(iter(loader))
+
+
+def stream_of(tokenizer, image_processor, shards, image_prefix) -> SlotStream:
+    config = StreamConfig(
+        format=get_format("omnicorpus"),
+        shards=shards,
+        image_prefix=image_prefix,
+        batch_size=1,
+        max_tokens=MAX_TOKENS,
+        retry_deadline_s=0.5,
+    )
+    return SlotStream(config, tokenizer, image_processor, slot=0, n_slots=1)
+
+
+@pytest.mark.parametrize("on_s3", ["shards", "images"])
+def test_unreachable_storage_stops_the_loader_with_a_clear_error(
+    on_s3, corpus, tokenizer, image_processor, monkeypatch
+):
+    """Before, every read waited out the deadline and was skipped: hours of retries (shards,
+    pass after pass) or 10,000 documents without images before the loader gave up."""
+    point_s3_at_a_closed_port(monkeypatch)
+    shards = ["s3://down/a.jsonl", "s3://down/b.jsonl"] if on_s3 == "shards" else None
+    stream = stream_of(
+        tokenizer,
+        image_processor,
+        shards or storage_paths(corpus / "interleaved"),
+        "s3://down/images" if on_s3 == "images" else str(corpus / "images"),
+    )
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"stops: cannot read s3://down/.*answers no request"):
+        stream.next_batch()
+    assert time.monotonic() - start < 10
+    stream.close()
+
+
+def test_image_that_keeps_failing_is_counted_while_the_storage_answers(
+    corpus, tokenizer, image_processor, monkeypatch
+):
+    failing = set()
+    real_read = storage.read_bytes
+
+    def read_bytes(uri):
+        if "/images/" in str(uri) and not failing:
+            failing.add(str(uri))  # the first image read fails for good, transiently
+        if str(uri) in failing:
+            raise storage.StorageError(f"cannot read {uri}: 503", transient=True)
+        return real_read(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    stream = stream_of(
+        tokenizer, image_processor, storage_paths(corpus / "interleaved"), str(corpus / "images")
+    )
+    for _ in range(3):
+        stream.next_batch()
+    stream.close()
+    assert stream.skips.as_dict()["image_unavailable"] == 1
+
+
+def storage_paths(folder) -> list[str]:
+    return sorted(str(path) for path in folder.iterdir())
 
 
 # ---------------------------------------------------------------- S3 (a real Ceph RGW)

@@ -317,6 +317,8 @@ def test_decode_image_reads_common_formats_as_rgb():
         (png_header_only(20_000, 20_000), "decompression_bomb"),  # Pillow's own limit
         (png_header_only(9_000, 9_000), "decompression_bomb"),  # ours (8192^2), below Pillow's
         (png_header_only(64, 64), "corrupt_image"),  # the same file, small: decoding fails
+        # 150 bytes, but resized to 224 px on its short side: 224 x 6,720,000 pixels
+        (encoded(Image.new("L", (1, 30_000)), "PNG"), "extreme_aspect_ratio"),
     ],
 )
 def test_decode_image_rejects_bad_files(data, reason):
@@ -338,3 +340,10 @@ def test_decode_image_size_rules():
         decode_image(jpeg, max_pixels=40 * 30 - 1)
     assert raised.value.reason == "decompression_bomb"
     assert decode_image(jpeg, max_pixels=40 * 30).size == (40, 30)
+    assert decode_image(encoded(Image.new("L", (400, 2)), "PNG")).size == (400, 2)  # 200:1
+    with pytest.raises(SkipSample) as raised:
+        decode_image(encoded(Image.new("L", (2, 401)), "PNG"))
+    assert raised.value.reason == "extreme_aspect_ratio"
+    with pytest.raises(SkipSample) as raised:
+        decode_image(jpeg, max_aspect_ratio=1.3)  # 40 x 30
+    assert raised.value.reason == "extreme_aspect_ratio"

@@ -60,6 +60,27 @@ def test_jsonl_skips_and_counts_each_bad_line_and_keeps_line_indices():
     assert skips == MIXED_SKIPS
 
 
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),  # RecursionError in json.loads
+        (b'{"id": ' + b"9" * 5000 + b"}", "invalid_json"),  # ValueError: over 4,300 digits
+        (b'{"texts": ["cut emoji \\ud83d"]}', "non_utf8"),  # a lone surrogate escape
+        (b'{"images": ["https://x/\\uDC00.jpg"]}', "non_utf8"),
+    ],
+)
+def test_json_that_json_loads_refuses_or_utf8_cannot_hold_is_counted(line, reason):
+    records, skips = read("shard.jsonl", b'{"id": 0}\n' + line + b'\n{"id": 2}\n')
+    assert records == [(0, {"id": 0}), (2, {"id": 2})]
+    assert skips == {reason: 1}
+
+
+def test_escaped_surrogate_pairs_and_backslashes_are_kept():
+    lines = [b'{"t": "\\ud83d\\ude00"}', b'{"t": "\\\\ud800"}']  # an emoji; "\\" + "ud800"
+    records, skips = read("shard.jsonl", b"\n".join(lines))
+    assert records == [(0, {"t": "\U0001f600"}), (1, {"t": "\\ud800"})] and skips == {}
+
+
 def test_jsonl_last_line_without_newline_is_fine_when_complete():
     records, skips = read("a.jsonl", jsonl(GOOD).rstrip(b"\n"))
     assert [r for _, r in records] == GOOD and skips == {}

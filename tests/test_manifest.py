@@ -143,6 +143,9 @@ def test_cli_refuses_bad_arguments(corpus, make_manifest, capsys):
         make_manifest.main([str(corpus / "nowhere")])
     assert exit_info.value.code == 2
     assert "No shards found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        make_manifest.main([str(corpus), "--retry-deadline", "nan"])
+    assert "--retry-deadline must be a number of seconds >= 0" in capsys.readouterr().err
 
 
 def test_count_records_of_each_container(corpus):
@@ -190,12 +193,26 @@ def test_manifest_entries_may_be_relative_to_the_manifest(corpus, tmp_path, monk
     assert resolve_shards(str(manifest)) == [str(corpus / "pairs" / "shard-00001.tar"), absolute]
 
 
+def test_a_part_of_a_spec_that_names_no_shard_is_refused(corpus, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no-shards.json").write_text('{"shards": []}')
+    docs = f"{corpus}/interleaved"
+    for typo in (f"{corpus}/interleavd", f"{corpus}/notes.txt", str(tmp_path / "no-shards.json")):
+        with pytest.raises(ValueError, match=f"No shards found for '{typo}' \\(in "):
+            resolve_shards(f"{docs}::{typo}")
+    with pytest.raises(ValueError, match=f"No shards found for '{tmp_path}/empty' \\(in "):
+        resolve_shards(f"{corpus}/{{pairs,interleaved}}::{tmp_path}/{{empty,no-shards.json}}")
+
+
 def test_json_that_is_not_a_manifest_is_refused(corpus, tmp_path):
     with pytest.raises(ValueError, match="corpus.json is not a shard manifest"):
         resolve_shards(str(corpus / "corpus.json"))  # the synthetic corpus's summary
     (tmp_path / "broken.json").write_text('{"shards": [')
     with pytest.raises(ValueError, match="invalid JSON"):
         resolve_shards(str(tmp_path / "broken.json"))
+    (tmp_path / "deep.json").write_text("[" * 5000 + "]" * 5000)  # RecursionError in json.loads
+    with pytest.raises(ValueError, match="deep.json is not a shard manifest: invalid JSON"):
+        resolve_shards(str(tmp_path / "deep.json"))
     with pytest.raises(storage.StorageError):
         resolve_shards(str(tmp_path / "missing.json"))
 

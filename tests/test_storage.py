@@ -22,6 +22,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from ceph_fixtures import closed_port, point_s3_at_a_closed_port
 
 from conftest import REPO
 from open_flamingo.data import s3, storage
@@ -288,12 +289,6 @@ def test_s3_missing_key_and_bucket_are_not_transient(s3_bucket):
         assert (caught.value.transient, caught.value.code) == (False, "NoSuchBucket")
 
 
-def closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_s3_profiles_have_their_own_endpoint_and_keys(rgw, s3_bucket, tmp_path, monkeypatch):
     (tmp_path / "config").write_text(
         f"[profile good]\nendpoint_url = {rgw.endpoint_url}\n"
@@ -443,3 +438,35 @@ def test_outage_longer_than_the_deadline_raises_a_transient_error(outage, s3_buc
     assert 2.0 <= elapsed < 2.0 + 2.0
     outage.start_gateway()
     assert storage.read_bytes(f"{s3_bucket}/k") == b"unreachable"
+
+
+# --- an unreachable storage and an object that keeps failing (no server needed) ---------------
+
+
+def test_read_retrying_reports_an_unreachable_storage(monkeypatch):
+    point_s3_at_a_closed_port(monkeypatch)
+    assert not storage.answers("s3://bucket/key")
+    start = time.monotonic()
+    with pytest.raises(StorageError, match="EndpointConnectionError.*answers no request") as caught:
+        storage.read_retrying("s3://bucket/key", deadline_s=0.5)
+    assert 0.5 <= time.monotonic() - start < 5
+    assert (caught.value.transient, caught.value.code) == (True, storage.UNREACHABLE)
+    with storage.ImageFetcher(threads=2) as fetcher:  # no retries: one attempt, then the probe
+        (result,) = fetcher.fetch(["s3://bucket/image"])
+    assert isinstance(result, StorageError) and result.code == storage.UNREACHABLE
+
+
+def test_one_object_that_keeps_failing_is_not_an_outage(tmp_path, monkeypatch):
+    failure = StorageError("cannot read x: 500 (retryable server error)", transient=True)
+
+    def read_bytes(uri):
+        if str(uri).endswith("broken"):
+            raise failure
+        return b"fine"
+
+    monkeypatch.setattr(storage, "read_bytes", read_bytes)
+    assert storage.answers(tmp_path / "broken")  # a local disk always answers
+    with pytest.raises(StorageError) as caught:
+        storage.read_retrying(tmp_path / "broken", deadline_s=0.2)
+    assert caught.value is failure  # as it was: the loader counts it and goes on
+    assert storage.read_retrying(tmp_path / "other", deadline_s=0.2) == b"fine"

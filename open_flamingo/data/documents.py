@@ -74,7 +74,7 @@ def _image_metadata(metadata, num_positions: int, image_positions: list[int]) ->
     if isinstance(metadata, str):
         try:
             metadata = json.loads(metadata)
-        except json.JSONDecodeError as error:
+        except (ValueError, RecursionError) as error:  # see shards.decode_json
             raise SkipSample("schema", f"metadata is not valid JSON: {error}") from error
         if metadata is None:
             return {}

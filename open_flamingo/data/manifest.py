@@ -43,7 +43,9 @@ def is_manifest(name: str) -> bool:
 
 def resolve_shards(spec: "str | os.PathLike") -> list[str]:
     """The shard URIs a spec names, in a stable order: per part of the spec, sorted for a
-    directory / prefix, in file order for a manifest, in pattern order for a brace pattern."""
+    directory / prefix, in file order for a manifest, in pattern order for a brace pattern.
+    Raises ValueError when a part (or an item of a brace pattern) names no shard: a mistyped
+    path must not leave its part of the data out unnoticed."""
     spec = os.fspath(spec)
     shards: list[str] = []
     for part in spec.split("::"):
@@ -52,12 +54,18 @@ def resolve_shards(spec: "str | os.PathLike") -> list[str]:
             continue
         expansions = braceexpand(part) if "{" in part else [part]
         for item in expansions:
-            shards.extend(_resolve_one(item))
+            found = _resolve_one(item)
+            if not found:
+                raise _no_shards(item, spec)
+            shards.extend(found)
     if not shards:
-        raise ValueError(
-            f"No shards found for {spec!r} (shard suffixes: {', '.join(SHARD_SUFFIXES)})"
-        )
+        raise _no_shards(spec, spec)
     return shards
+
+
+def _no_shards(item: str, spec: str) -> ValueError:
+    where = repr(item) if item == spec else f"{item!r} (in {spec!r})"
+    return ValueError(f"No shards found for {where}; shard suffixes: {', '.join(SHARD_SUFFIXES)}")
 
 
 def _resolve_one(item: str) -> list[str]:
@@ -74,7 +82,7 @@ def read_manifest_shards(uri: str) -> list[str]:
     data = storage.read_bytes(uri)
     try:
         manifest = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # bad JSON or UTF-8; see shards.decode_json
         raise ValueError(f"{uri} is not a shard manifest: invalid JSON ({error})") from error
     entries = manifest.get("shards") if isinstance(manifest, dict) else None
     if not isinstance(entries, list) or not all(

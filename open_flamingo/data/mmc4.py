@@ -12,7 +12,6 @@ not used.
 
 import base64
 import binascii
-import json
 import os
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .doc_types import ImageRef, InterleavedDoc, image_uri, require_field
+from .shards import decode_json
 from .skips import SkipCounter, SkipSample
 from .storage import Location
 
@@ -110,11 +110,9 @@ def parse_mmc4_wds(
     if "json" not in record:
         raise SkipSample("schema", "no json member")
     try:
-        doc = json.loads(record["json"].decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise SkipSample("non_utf8", f"json member: {error}") from error
-    except json.JSONDecodeError as error:
-        raise SkipSample("invalid_json", f"json member: {error}") from error
+        doc = decode_json(record["json"])
+    except SkipSample as skip:
+        raise SkipSample(skip.reason, f"json member: {skip.detail}") from skip
     if not isinstance(doc, dict):
         raise SkipSample("schema", f"json member is a {type(doc).__name__}, not an object")
     sentences, infos, similarity = _mmc4_fields(doc)
@@ -150,9 +148,9 @@ def _mmc4_fields(record: dict) -> tuple[list[str], list[dict], np.ndarray]:
         raise SkipSample("schema", "text_list holds a non-string")
     if not all(isinstance(info, dict) for info in infos):
         raise SkipSample("schema", "image_info holds a non-object")
-    rows = record.get("similarity_matrix")
     if not infos:
         return sentences, infos, np.zeros((0, len(sentences)))
+    rows = require_field(record, "similarity_matrix", list)
     try:
         similarity = np.asarray(rows, dtype=np.float64)
     except (TypeError, ValueError) as error:

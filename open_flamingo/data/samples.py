@@ -25,6 +25,11 @@ END_OF_CHUNK_TOKEN = "<|endofchunk|>"
 IGNORE_INDEX = -100
 # Images above this many pixels are refused before their pixels are decoded (8192 x 8192).
 DEFAULT_MAX_IMAGE_PIXELS = 8192 * 8192
+# Longer / shorter side. An image processor resizes the shorter side to its input size before it
+# crops, so a thin image is a bomb of its own: a 1 x 30,000 PNG of a few hundred bytes becomes
+# 224 x 6,720,000 pixels (6 GB, half a minute). Beyond this ratio the crop would show under 0.5%
+# of the image anyway.
+DEFAULT_MAX_ASPECT_RATIO = 200
 
 
 @dataclass
@@ -43,7 +48,11 @@ class Sample:
 
 
 def decode_image(
-    data: bytes, *, min_bytes: int = 0, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    data: bytes,
+    *,
+    min_bytes: int = 0,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Encoded image bytes -> RGB PIL image.
 
@@ -53,9 +62,12 @@ def decode_image(
             `min_bytes=MMC4_MIN_IMAGE_BYTES` (11,000).
         max_pixels: larger images are refused ("decompression_bomb") from their header, before
             any pixel is decoded.
+        max_aspect_ratio: images whose longer side exceeds this many times the shorter one are
+            refused ("extreme_aspect_ratio") from their header too.
 
     Raises:
-        SkipSample: "empty_image", "small_image", "decompression_bomb" or "corrupt_image".
+        SkipSample: "empty_image", "small_image", "decompression_bomb", "extreme_aspect_ratio" or
+            "corrupt_image".
     """
     if not data:
         raise SkipSample("empty_image")
@@ -72,6 +84,8 @@ def decode_image(
         width, height = image.size
         if width * height > max_pixels:
             raise SkipSample("decompression_bomb", f"{width}x{height} > {max_pixels} pixels")
+        if max(width, height) > max_aspect_ratio * min(width, height):
+            raise SkipSample("extreme_aspect_ratio", f"{width}x{height}: over {max_aspect_ratio}:1")
         try:
             return image.convert("RGB")
         except Exception as error:  # truncated data, bad chunks, decoder errors of any plugin

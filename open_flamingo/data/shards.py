@@ -12,13 +12,14 @@ raises on bad data; only an unsupported file name raises ValueError.
 import codecs
 import io
 import json
+import re
 import struct
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterable, Iterator
 
-from .skips import SkipCounter
+from .skips import SkipCounter, SkipSample
 
 # Longest first: a name is matched against these in order.
 SHARD_SUFFIXES = (".jsonl.gz", ".jsonl.zip", ".jsonl", ".zip", ".parquet", ".tar")
@@ -26,6 +27,8 @@ SHARD_SUFFIXES = (".jsonl.gz", ".jsonl.zip", ".jsonl", ".zip", ".parquet", ".tar
 _TAR_BLOCK = 512
 _TAR_END_OF_ARCHIVE = b"\0" * (2 * _TAR_BLOCK)
 _GZIP_CHUNK = 1 << 20
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff); json.loads keeps a lone one as is.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # What zipfile raises on damaged archives (RuntimeError: encrypted; NotImplementedError: unknown
 # compression; ValueError, IndexError, struct.error: garbled headers and offsets).
 _ZIP_ERRORS = (
@@ -110,22 +113,39 @@ def _iter_json_lines(
         if offset == 0 and first_index == 0 and line.startswith(codecs.BOM_UTF8):
             line = line[len(codecs.BOM_UTF8) :]
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            skips.count("non_utf8", f"{name} line {index}: {error}")
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as error:
-            if is_unterminated:
-                skips.count("truncated_shard", f"{name}: last line {index} is cut: {error}")
+            record = decode_json(line)
+        except SkipSample as skip:
+            if is_unterminated and skip.reason == "invalid_json":
+                skips.count("truncated_shard", f"{name}: last line {index} is cut: {skip.detail}")
                 return
-            skips.count("invalid_json", f"{name} line {index}: {error}")
+            skips.count(skip.reason, f"{name} line {index}: {skip.detail}")
             continue
         if not isinstance(record, dict):
             skips.count("schema", f"{name} line {index}: a {type(record).__name__}, not an object")
             continue
         yield index, record
+
+
+def decode_json(data: bytes):
+    """The JSON value of UTF-8 `data`. Raises SkipSample "non_utf8" for bytes that are not UTF-8
+    and for strings that UTF-8 cannot hold (a lone surrogate escape such as "\\ud800", which
+    would fail later in a tokenizer or a URL hash), "invalid_json" for whatever json.loads
+    refuses: syntax, integers of over 4,300 digits (ValueError), nesting deeper than Python's
+    recursion limit (RecursionError)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SkipSample("non_utf8", str(error)) from error
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError) as error:
+        raise SkipSample("invalid_json", f"{type(error).__name__}: {error}") from error
+    if _SURROGATE_ESCAPE.search(data):  # rare: only then is every string checked
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise SkipSample("non_utf8", f"lone surrogate escape: {error}") from error
+    return value
 
 
 def _iter_gzip_jsonl(

@@ -5,7 +5,8 @@ clusters).
 S3 goes through boto3 with per-process clients (`open_flamingo.data.s3`: endpoints, keys and
 botocore's retries, set by `OPEN_FLAMINGO_S3_MAX_ATTEMPTS`). Failures raise `StorageError`, whose
 `transient` flag says whether retrying can help; `retry_transient` bridges outages longer than
-botocore's retries, up to a deadline. `ImageFetcher` reads many objects concurrently.
+botocore's retries, up to a deadline, and `read_retrying` then tells an outage (code UNREACHABLE)
+from one object that keeps failing. `ImageFetcher` reads many objects concurrently.
 
 Clients and thread pools are created lazily, once per process, never at import: DataLoader
 workers fork, and a forked child makes its own.
@@ -32,11 +33,14 @@ __all__ = [
     "ImageFetcher",
     "Location",
     "StorageError",
+    "UNREACHABLE",
+    "answers",
     "exists",
     "list_files",
     "open_stream",
     "parse_location",
     "read_bytes",
+    "read_retrying",
     "reset_clients",
     "retry_transient",
     "s3_client",
@@ -57,6 +61,8 @@ _TRANSIENT_CODES = {
     "ServiceUnavailable",
 }
 _MISSING_CODES = {"NoSuchKey", "NotFound", "404"}
+# The code of a StorageError from `read_retrying` when the storage answers no request at all.
+UNREACHABLE = "Unreachable"
 
 
 class StorageError(Exception):
@@ -324,6 +330,33 @@ def retry_transient(
     raise AssertionError("unreachable")
 
 
+def answers(uri) -> bool:
+    """Whether the storage holding `uri` answers at all: for S3 a HEAD of the bucket, where any
+    answer but a transient failure counts (a missing bucket or a refusal is an answer too).
+    Local paths always answer."""
+    location = parse_location(uri)
+    if not location.is_s3:
+        return True
+    try:
+        s3_client(location.profile).head_bucket(Bucket=location.bucket)
+    except _s3_errors() as error:
+        return not _classify(error, location, "reach").transient
+    return True
+
+
+def read_retrying(uri, deadline_s: float) -> bytes:
+    """`read_bytes(uri)`, retried on transient errors for `deadline_s` (see retry_transient).
+    If it still fails transiently and the storage does not answer a probe either (`answers`),
+    the StorageError has code UNREACHABLE: an outage, not one object that keeps failing."""
+    try:
+        return retry_transient(lambda: read_bytes(uri), deadline_s)
+    except StorageError as error:
+        if error.transient and not answers(uri):
+            message = f"{error}; the storage answers no request (retried for {deadline_s:g} s)"
+            raise StorageError(message, transient=True, code=UNREACHABLE) from error
+        raise
+
+
 _FETCHERS: "WeakSet[ImageFetcher]" = WeakSet()
 
 
@@ -332,8 +365,7 @@ class ImageFetcher:
     workers. `fetch` returns results in input order, failures as StorageError values.
 
     The thread pool is created on first use in the process that fetches; a forked child (a
-    DataLoader worker) starts its own. `retry_deadline_s > 0` retries transient failures of
-    each read for that long (see `retry_transient`).
+    DataLoader worker) starts its own. Each read is a `read_retrying(uri, retry_deadline_s)`.
     """
 
     def __init__(self, threads: int = 16, *, retry_deadline_s: float = 0.0):
@@ -373,9 +405,7 @@ class ImageFetcher:
 
     def _fetch_one(self, uri) -> "bytes | StorageError":
         try:
-            if self.retry_deadline_s > 0:
-                return retry_transient(lambda: read_bytes(uri), self.retry_deadline_s)
-            return read_bytes(uri)
+            return read_retrying(uri, self.retry_deadline_s)
         except StorageError as error:
             return error
         except ValueError as error:  # a malformed URI is bad data, not a crash

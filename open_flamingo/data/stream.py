@@ -132,15 +132,14 @@ class SlotStream:
         problems met while reading it."""
         shard_skips = SkipCounter(log_interval_s=float("inf"))
         try:
-            data = storage.retry_transient(
-                lambda: storage.read_bytes(part.shard), self.config.retry_deadline_s
-            )
+            data = storage.read_retrying(part.shard, self.config.retry_deadline_s)
             records = [
                 (index, record)
                 for index, record in iter_records(part.shard, data, shard_skips)
                 if index % part.stride == part.offset
             ]
         except storage.StorageError as error:
+            self._stop_if_unreachable(error)
             shard_skips.count("shard_unreadable", str(error))
             records = []
         order = record_order(self.config.seed, pass_index, part, len(records))
@@ -179,13 +178,23 @@ class SlotStream:
                     yield (pass_index, part_index, position + 1), key, doc, doc_skips, seed
             empty_passes = 0 if produced else empty_passes + 1
             if empty_passes > max_empty_passes:
+                carried.merge(self.skips)  # the shards' problems, never consumed with a document
                 raise RuntimeError(
                     f"Loader slot {self.slot} of {self.n_slots} found no record in "
                     f"{empty_passes} passes over {len(self.config.shards)} shards (e.g. "
                     f"{self.config.shards[0]}): are all shards empty or unreadable, or are there "
-                    f"fewer records than loader slots? Skipped: {self.skips.as_dict()}"
+                    f"fewer records than loader slots? Skipped: {carried.as_dict()}"
                 )
             pass_index += 1
+
+    def _stop_if_unreachable(self, error: storage.StorageError) -> None:
+        """An outage longer than the retry deadline stops the loader: skipping every document
+        until the storage is back would only burn through the data."""
+        if error.code == storage.UNREACHABLE:
+            raise RuntimeError(
+                f"Loader slot {self.slot} of {self.n_slots} stops: {error}. Resume from the last "
+                "checkpoint once the storage is back."
+            )
 
     # ------------------------------------------------------------------ images
     def _fetch(self, ref: ImageRef | None) -> Future | bytes | None:
@@ -213,6 +222,7 @@ class SlotStream:
             return None
         data = fetched.result() if isinstance(fetched, Future) else fetched
         if isinstance(data, storage.StorageError):
+            self._stop_if_unreachable(data)
             reason = "image_unavailable" if data.transient else "missing_image"
             self.skips.count(reason, str(data))
             return None
