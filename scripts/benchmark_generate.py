@@ -24,7 +24,7 @@ from pathlib import Path
 
 import open_clip
 import torch
-from benchmark_train import GPT_NEOX_TOKENIZER, build_model, write_profile
+from benchmark_train import GPT_NEOX_TOKENIZER, build_model, check_cross_attention, write_profile
 from transformers import StaticCache
 
 from open_flamingo.src.decoding import compile_for_decoding
@@ -135,7 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lm", choices=("mpt", "llama", "tiny-mpt"), default="mpt")
     parser.add_argument("--vision_encoder_path", default="ViT-L-14")
-    parser.add_argument("--tokenizer_path", default=GPT_NEOX_TOKENIZER)
+    parser.add_argument("--tokenizer_path", type=Path, default=GPT_NEOX_TOKENIZER)
     parser.add_argument("--cross_attn_every_n_layers", type=int, default=1)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--shots", type=int, default=4, choices=range(len(CAPTIONS) + 1))
@@ -166,6 +166,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.static_cache = args.static_cache or args.compile
     if args.batches < 1 or args.warmup < 0 or args.new_tokens < 1:
         parser.error("--batches and --new_tokens must be >= 1, --warmup >= 0")
+    if args.batch_size < 1 or min(args.num_beams) < 1:
+        parser.error("--batch_size and --num_beams must be >= 1")
+    if not args.tokenizer_path.is_dir():
+        parser.error(
+            f"no tokenizer at {args.tokenizer_path}: run `python scripts/fetch_test_assets.py` "
+            "or pass --tokenizer_path"
+        )
+    check_cross_attention(parser, args)
     return args
 
 

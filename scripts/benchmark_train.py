@@ -320,9 +320,28 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    if args.max_tokens_interleaved < 2 * args.images_per_doc:
-        parser.error("--max_tokens_interleaved must leave room for the <image> chunks")
+    for name in ("batch_size_laion", "batch_size_interleaved", "images_per_doc"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1")
+    if args.max_tokens_interleaved < 2 * args.images_per_doc or args.max_tokens_laion < 2:
+        parser.error(
+            "--max_tokens_interleaved / --max_tokens_laion must leave room for the "
+            "<image> chunks (2 tokens per image)"
+        )
+    check_cross_attention(parser, args)
+    if args.peak_tflops is not None and not 0 < args.peak_tflops < float("inf"):
+        parser.error("--peak_tflops must be a positive number")
     return args
+
+
+def check_cross_attention(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--cross_attn_every_n_layers must place at least one cross-attention layer in --lm."""
+    depth = lm_config(args.lm).num_hidden_layers
+    if not 1 <= args.cross_attn_every_n_layers <= depth:
+        parser.error(
+            f"--cross_attn_every_n_layers must be between 1 and {depth} (the layers of --lm "
+            f"{args.lm})"
+        )
 
 
 def main(argv=None) -> dict:

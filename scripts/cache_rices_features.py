@@ -36,6 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not any(getattr(args, f"eval_{name}") for name in DATASET_PATH_FLAGS):
         parser.error("choose at least one --eval_<dataset>")
+    if args.batch_size < 1:
+        parser.error("--batch_size must be >= 1")
     return args
 
 

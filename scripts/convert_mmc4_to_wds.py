@@ -126,6 +126,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.docs_per_shard < 1 or args.read_threads < 1:
         parser.error("--docs-per-shard and --read-threads must be at least 1")
+    try:
+        found = input_shards(args.input)
+    except StorageError as error:
+        parser.error(f"--input {args.input}: {error}")
+    if not found:
+        parser.error(f"--input {args.input}: no MMC4 shards ({', '.join(MMC4_SHARD_SUFFIXES)})")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     summary = convert_mmc4_to_wds(
         args.input,
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
         read_threads=args.read_threads,
     )
     print(json.dumps(summary, indent=2))
+    if not summary["docs"]:
+        parser.exit(1, "error: no document was converted (see the skips above)\n")
     return summary
 
 

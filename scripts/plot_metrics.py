@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> Path:
         parser.error(str(error))
     steps = series["loss"][0]
     title = f"{args.metrics.parent.name or 'run'}: steps {steps[0]}-{steps[-1]}"
-    plot(series, out, title)
+    try:
+        plot(series, out, title)
+    except OSError as error:
+        parser.error(f"cannot write {out}: {error}")
     first, last = series["loss"][1][0], series["loss"][1][-1]
     print(f"wrote {out} ({len(steps)} logged steps, loss {first:.3f} -> {last:.3f})")
     return out

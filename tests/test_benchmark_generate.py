@@ -80,3 +80,18 @@ def test_profile_writes_one_more_batchs_top_operators_per_setting(bench, tmp_pat
     for result, name in zip(results, ("generate_beam2.txt", "generate_beam1.txt"), strict=True):
         assert result["profile"] == str(tmp_path / name)
         assert "aten::" in (tmp_path / name).read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch_size", "0"], "--batch_size and --num_beams must be >= 1"),
+        (["--num_beams", "3", "0"], "--batch_size and --num_beams must be >= 1"),
+        (["--cross_attn_every_n_layers", "3"], "between 1 and 2 (the layers of --lm tiny-mpt)"),
+        (["--tokenizer_path", "/nowhere"], "no tokenizer at /nowhere"),
+    ],
+)
+def test_bad_flags_are_explained(bench, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--lm", "tiny-mpt", *flags])
+    assert message in capsys.readouterr().err

@@ -100,6 +100,16 @@ def test_bad_benchmark_flags_are_explained(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--max_tokens_interleaved", "8", "--images_per_doc", "6"])
     assert "room for the <image> chunks" in capsys.readouterr().err
+    for flags, message in [
+        (["--images_per_doc", "0"], "--images_per_doc must be >= 1"),
+        (["--batch_size_laion", "0"], "--batch_size_laion must be >= 1"),
+        (["--max_tokens_laion", "1"], "room for the <image> chunks"),
+        (["--cross_attn_every_n_layers", "3"], "between 1 and 2 (the layers of --lm tiny-mpt)"),
+        (["--peak_tflops", "-1"], "--peak_tflops must be a positive number"),
+    ]:
+        with pytest.raises(SystemExit):
+            bench.parse_args([*TINY, *flags])
+        assert message in capsys.readouterr().err, flags
 
 
 def test_compiled_step_trains_as_the_eager_step(bench, capsys):

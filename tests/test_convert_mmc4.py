@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import load_script
@@ -103,3 +104,18 @@ def test_convert_mmc4_to_wds(tmp_path, capsys):
         r.data if r else None for r in inline.images
     ]
     assert inline.images[0].data == files["c.jpg"] and inline.images[3].data == files["b.jpg"]
+
+
+def test_an_input_without_shards_or_convertible_documents_fails(tmp_path, capsys):
+    script = load_script("convert_mmc4_to_wds")
+    flags = ["--images", str(tmp_path), "--output", str(tmp_path / "wds")]
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--input", str(tmp_path / "typo"), *flags])
+    assert exit_info.value.code == 2
+    assert f"--input {tmp_path / 'typo'}: no MMC4 shards" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # a shard file that is not there
+        script.main(["--input", str(tmp_path / "docs.jsonl.zip"), *flags])
+    assert exit_info.value.code == 1
+    output = capsys.readouterr()
+    assert json.loads(output.out)["skips"] == {"shard_unreadable": 1}
+    assert "no document was converted" in output.err

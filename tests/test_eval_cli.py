@@ -16,7 +16,7 @@ from PIL import Image
 
 from conftest import REPO
 from open_flamingo.eval import ok_vqa_utils
-from open_flamingo.eval.args import build_parser
+from open_flamingo.eval.args import build_parser, parse_args
 from open_flamingo.eval.classification import roc_auc
 from open_flamingo.eval.coco_metric import compute_cider, postprocess_captioning_generation
 from open_flamingo.eval.eval_model import EvalModel
@@ -226,6 +226,24 @@ def test_flag_errors(model_flags, eval_layouts, capsys):
     flags = path_flags(eval_layouts, ["coco"])
     with pytest.raises(ValueError, match="--query_set_size 2048 exceeds the 6 training items"):
         main([*model_flags, *flags, "--shots", "2"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shots", "4", "0", "4"], "--shots lists a number twice: 4 0 4"),
+        (["--query_set_size", "-3"], "--query_set_size must be >= 1"),
+        (["--shots", "8", "--query_set_size", "4"], "8 demonstrations per query need"),
+        (["--shots", "0", "--query_set_size", "1"], "2 demonstrations per query need"),
+        (["--cross_attn_every_n_layers", "0"], "--cross_attn_every_n_layers must be >= 1"),
+        (["--cached_demonstration_features", "f"], "--cached_demonstration_features only applies"),
+        (["--checkpoint_path", "/nowhere/x.pt"], "--checkpoint_path /nowhere/x.pt: no such file"),
+    ],
+)
+def test_invalid_flags_are_refused_before_anything_loads(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--lm_path", "lm", "--eval_coco", *flags])
+    assert message in capsys.readouterr().err
 
 
 def test_help_lists_upstream_flags():

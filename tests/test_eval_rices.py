@@ -104,3 +104,9 @@ def test_cached_features_give_the_same_demonstrations(
     with pytest.raises(ValueError, match="has features of 3 items"):
         torch.save(cached[:3], tmp_path / "features" / "coco.pkl")
         main([*flags, "--cached_demonstration_features", str(tmp_path / "features")])
+
+
+def test_cache_script_refuses_a_batch_size_below_1(capsys):
+    with pytest.raises(SystemExit):
+        load_cache_script().parse_args(["--output_dir", "f", "--eval_coco", "--batch_size", "0"])
+    assert "--batch_size must be >= 1" in capsys.readouterr().err

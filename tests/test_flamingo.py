@@ -236,6 +236,11 @@ def test_wrong_decoder_layers_attr_name_is_explained(make_flamingo):
         make_flamingo("llama", decoder_layers_attr_name="model.layerz")
 
 
+def test_cross_attention_sparser_than_the_lm_is_refused(make_flamingo):
+    with pytest.raises(ValueError, match="cross_attn_every_n_layers 5 exceeds the 4 decoder"):
+        make_flamingo("llama", cross_attn_every_n_layers=5)
+
+
 @pytest.mark.parametrize("every, expected", [(1, [0, 1, 2, 3]), (2, [1, 3]), (4, [3])])
 def test_cross_attention_placement(every, expected, make_flamingo):
     model, _, _ = make_flamingo("llama", cross_attn_every_n_layers=every)

@@ -118,3 +118,12 @@ def test_command_line_error_exit_status(tmp_path):
     assert result.returncode == 2
     assert "absent.jsonl: no such file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_unwritable_output_fails_clearly(tmp_path, capsys):
+    metrics = tmp_path / "metrics.jsonl"
+    write_metrics(metrics, [row(1, 2.0), row(2, 1.5)])
+    with pytest.raises(SystemExit) as exit_info:
+        load_script("plot_metrics").main([str(metrics), "-o", str(tmp_path)])  # a folder
+    assert exit_info.value.code == 2
+    assert f"error: cannot write {tmp_path}: " in capsys.readouterr().err

@@ -102,6 +102,14 @@ def argv(tiny, run_dir, **flags) -> list[str]:
             "nothing would be trained",
         ),
         ({"special_checkpointing_steps": "10,x"}, "invalid _steps value"),
+        ({"special_checkpointing_steps": "0,10"}, "--special_checkpointing_steps must be >= 1"),
+        ({"max_grad_norm": -1}, "--max_grad_norm must be a positive number (got -1.0)"),
+        ({"peak_tflops": 0}, "--peak_tflops must be a positive number"),
+        ({"loss_multiplier_laion": "nan"}, "--loss_multiplier_laion must be a finite number"),
+        ({"weight_decay": "inf"}, "--weight_decay must be a finite number"),
+        ({"seed": -1}, "--seed must be in [0, 2**32) (got -1)"),
+        ({"resume_from_checkpoint": "nowhere"}, "nowhere is not a checkpoint folder"),
+        ({"load_from_pretrained": "nowhere.pt"}, "--load_from_pretrained nowhere.pt: no such"),
         ({"fsdp": True}, "--fsdp is not a flag of this trainer"),
         ({"dist-url": "env://"}, "the distributed set-up comes from `accelerate launch"),
     ],
@@ -131,6 +139,11 @@ def test_flags_of_the_seed_command_parse(tiny, tmp_path):
 def test_unequal_epochs_of_the_two_corpora_are_explained(tiny, tmp_path):
     with pytest.raises(SystemExit, match="Set --train_num_samples_laion to 12"):
         main(argv(tiny, tmp_path / "run", train_num_samples_laion=20))
+
+
+def test_accumulating_past_the_run_is_explained(tiny, tmp_path):
+    with pytest.raises(SystemExit, match="--gradient_accumulation_steps 7 exceeds the 6 batches"):
+        main(argv(tiny, tmp_path / "run", gradient_accumulation_steps=7))
 
 
 # ---------------------------------------------------------------- a single-process run

@@ -1,8 +1,10 @@
 """Flags of `python -m open_flamingo.eval.evaluate`, with upstream OpenFlamingo's names."""
 
 import argparse
+import os
 
 from .eval_model import PRECISIONS
+from .sampling import effective_num_shots
 
 # per-dataset path flags, as upstream names them
 DATASET_PATH_FLAGS = {
@@ -134,6 +136,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--batch_size must be at least 1")
     if any(shot < 0 for shot in args.shots):
         parser.error("--shots must be >= 0")
+    if len(set(args.shots)) != len(args.shots):
+        parser.error(f"--shots lists a number twice: {' '.join(map(str, args.shots))}")
+    if args.cross_attn_every_n_layers < 1:
+        parser.error("--cross_attn_every_n_layers must be >= 1")
+    if args.query_set_size < 1:
+        parser.error("--query_set_size must be >= 1")
+    demonstrations = max(map(effective_num_shots, args.shots))
+    if not args.rices and demonstrations > args.query_set_size:
+        parser.error(
+            f"{demonstrations} demonstrations per query need --query_set_size >= {demonstrations}"
+        )
+    if args.cached_demonstration_features and not args.rices:
+        parser.error("--cached_demonstration_features only applies with --rices")
+    if args.checkpoint_path and not os.path.isfile(args.checkpoint_path):
+        parser.error(f"--checkpoint_path {args.checkpoint_path}: no such file")
     if not any(getattr(args, f"eval_{name}") for name in DATASET_PATH_FLAGS):
         parser.error(
             f"choose at least one of {', '.join('--eval_' + n for n in DATASET_PATH_FLAGS)}"

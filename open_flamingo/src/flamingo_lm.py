@@ -218,6 +218,12 @@ def insert_gated_cross_attention(
         )
     if any(isinstance(layer, FlamingoDecoderLayer) for layer in decoder_layers):
         raise ValueError("This language model already has Flamingo cross-attention layers.")
+    if cross_attn_every_n_layers > len(decoder_layers):
+        raise ValueError(
+            f"cross_attn_every_n_layers {cross_attn_every_n_layers} exceeds the "
+            f"{len(decoder_layers)} decoder layers of the language model: no cross-attention "
+            "layer would see the images"
+        )
 
     lang_encoder.gated_cross_attn_layers = nn.ModuleList(
         GatedCrossAttentionBlock(dim=lang_dim, dim_visual=vis_dim)

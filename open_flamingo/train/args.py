@@ -3,6 +3,7 @@ rejected with a clear message."""
 
 import argparse
 import math
+from pathlib import Path
 
 PRECISIONS = ("fp32", "bf16", "amp_bf16", "fp16")
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -171,8 +172,24 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     for name in ("workers", "warmup_steps"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be >= 0")
+    if any(step < 1 for step in args.special_checkpointing_steps):
+        parser.error("--special_checkpointing_steps must be >= 1 (optimizer steps count from 1)")
+    if not 0 <= args.seed < 2**32:
+        parser.error(f"--seed must be in [0, 2**32) (got {args.seed})")
     if args.learning_rate <= 0 or not math.isfinite(args.learning_rate):
         parser.error("--learning_rate must be a positive number")
+    for name in ("max_grad_norm", "peak_tflops"):
+        value = getattr(args, name)
+        if value is not None and not 0 < value < math.inf:
+            parser.error(f"--{name} must be a positive number (got {value})")
+    for name in (
+        "weight_decay",
+        "loss_multiplier_interleaved",
+        "loss_multiplier_laion",
+        "mmc4_textsim_threshold",
+    ):
+        if not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name} must be a finite number (got {getattr(args, name)})")
     if args.weight_decay < 0:
         parser.error("--weight_decay must be >= 0")
     if args.loss_multiplier_interleaved < 0 or args.loss_multiplier_laion < 0:
@@ -188,6 +205,15 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
             "--resume_from_checkpoint continues a run (weights, optimizer, data position); "
             "--load_from_pretrained starts a new one from weights. Use one."
         )
+    resume = args.resume_from_checkpoint
+    if resume and resume != "latest" and not (Path(resume) / "trainer_state.json").is_file():
+        parser.error(
+            f"--resume_from_checkpoint {resume} is not a checkpoint folder of this trainer (no "
+            "trainer_state.json): pass <run>/checkpoint-<step> or 'latest'; to start from "
+            "released weights use --load_from_pretrained"
+        )
+    if args.load_from_pretrained and not Path(args.load_from_pretrained).is_file():
+        parser.error(f"--load_from_pretrained {args.load_from_pretrained}: no such file")
     interleaved_base = args.interleaved_dataset.removesuffix("_wds")
     laion_base = args.laion_dataset.removesuffix("_table")
     if getattr(args, f"{interleaved_base}_shards") is None:

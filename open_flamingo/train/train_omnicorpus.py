@@ -86,9 +86,14 @@ def main(argv=None) -> int:
     cast_for_precision(model, args.precision, accelerator.distributed_type.name)
 
     loaders = build_loaders(args, image_processor, tokenizer, accelerator)
-    total_steps = math.floor(
-        args.num_epochs * len(loaders["interleaved"]) / args.gradient_accumulation_steps
-    )
+    batches = args.num_epochs * len(loaders["interleaved"])
+    total_steps = math.floor(batches / args.gradient_accumulation_steps)
+    if total_steps < 1:
+        raise SystemExit(
+            f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
+            f"{batches} batches of the run: no optimizer step would be taken. Lower it, or raise "
+            "--num_epochs / --train_num_samples_interleaved / --train_num_samples_laion."
+        )
     optimizer = build_optimizer(
         model,
         args.learning_rate,
