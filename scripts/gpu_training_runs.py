@@ -194,7 +194,7 @@ def main(argv=None) -> int:
 
     inputs = {
         "lm": prepare_tiny_llama(out / "lm", seed=0),
-        "vision": prepare_vision_encoder(out / "vision", seed=0),
+        "vision": prepare_vision_encoder(out / "vision", seed=0, pretrain_steps=0),
         "corpus": write_synthetic_corpus(
             str(out / "corpus"),
             num_docs=STEPS * BATCH_INTERLEAVED,
