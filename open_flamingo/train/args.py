@@ -5,6 +5,8 @@ import argparse
 import math
 from pathlib import Path
 
+from .checkpointing import LATEST, TRAINER_STATE, is_complete
+
 PRECISIONS = ("fp32", "bf16", "amp_bf16", "fp16")
 SCHEDULERS = ("constant", "linear", "cosine")
 INTERLEAVED_TYPES = ("omnicorpus", "obelics", "mmc4", "mmc4_wds")
@@ -206,10 +208,10 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
             "--load_from_pretrained starts a new one from weights. Use one."
         )
     resume = args.resume_from_checkpoint
-    if resume and resume != "latest" and not (Path(resume) / "trainer_state.json").is_file():
+    if resume and resume != LATEST and not is_complete(Path(resume)):
         parser.error(
             f"--resume_from_checkpoint {resume} is not a checkpoint folder of this trainer (no "
-            "trainer_state.json): pass <run>/checkpoint-<step> or 'latest'; to start from "
+            f"{TRAINER_STATE}): pass <run>/checkpoint-<step> or '{LATEST}'; to start from "
             "released weights use --load_from_pretrained"
         )
     if args.load_from_pretrained and not Path(args.load_from_pretrained).is_file():

@@ -33,7 +33,13 @@ from .fsdp import full_optimizer_state, full_released_weights, load_full_state, 
 logger = logging.getLogger(__name__)
 
 LATEST = "latest"
+TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint folder
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def is_complete(path: Path) -> bool:
+    """Whether `path` is a checkpoint folder of this trainer, written to the end."""
+    return (path / TRAINER_STATE).is_file()
 
 
 def checkpoint_steps(run_dir: Path) -> list[int]:
@@ -43,7 +49,7 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
     steps = []
     for path in run_dir.iterdir():
         match = _NAME.match(path.name)
-        if match and (path / "trainer_state.json").is_file():
+        if match and is_complete(path):
             steps.append(int(match[1]))
     return sorted(steps)
 
@@ -52,13 +58,13 @@ def resolve_resume(spec: str, run_dir: Path) -> Path | None:
     """`--resume_from_checkpoint`: a checkpoint folder, or "latest" (None if the run has none)."""
     if spec != LATEST:
         path = Path(spec)
-        if not (path / "trainer_state.json").is_file():
+        if not is_complete(path):
             raise FileNotFoundError(f"{path} is not a complete checkpoint folder")
         return path
     pointer = run_dir / LATEST
     if pointer.is_file():
         path = run_dir / pointer.read_text().strip()
-        if (path / "trainer_state.json").is_file():
+        if is_complete(path):
             return path
     steps = checkpoint_steps(run_dir)
     return run_dir / f"checkpoint-{steps[-1]}" if steps else None
@@ -152,7 +158,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=1))
         if final.exists():  # a checkpoint of this step from an earlier, interrupted attempt
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -198,7 +204,7 @@ def load_training_checkpoint(
     _set_rng_state(torch.load(rng_file, weights_only=False))
     for name, state in json.loads(loaders_file.read_text()).items():
         loaders[name].load_state_dict(state)
-    return json.loads((path / "trainer_state.json").read_text())
+    return json.loads((path / TRAINER_STATE).read_text())
 
 
 def delete_previous_checkpoints(run_dir: Path, keep_step: int, special_steps: list[int]) -> None:
