@@ -7,9 +7,11 @@ without transformers / open_clip.
 import importlib
 
 _EXPORTS = {
+    "CheckpointMismatchError": ".src.checkpoint_fit",
     "Flamingo": ".src.flamingo",
     "create_model_and_transforms": ".src.factory",
     "load_checkpoint": ".src.checkpoint",
+    "load_model_and_transforms": ".src.flamingo_folder",
     "trainable_state_dict": ".src.checkpoint",
 }
 

@@ -1,18 +1,14 @@
 """Fixtures for tests against a real S3 endpoint: a Ceph RADOS Gateway on loopback
-(scripts/ceph_rgw.py), started once per test session when a test asks for it."""
+(tests/support/ceph_rgw.py), started once per test session when a test asks for it."""
 
 import socket
 import uuid
 
 import pytest
 
-from conftest import load_script, require
+from conftest import require
 from open_flamingo.data import s3, storage
-
-
-def _load_ceph_rgw():
-    """scripts/ceph_rgw.py as a module (scripts/ is not a package)."""
-    return load_script("ceph_rgw")
+from support.ceph_rgw import CephRGW, missing_binaries
 
 
 @pytest.fixture(scope="session")
@@ -20,14 +16,13 @@ def rgw(tmp_path_factory):
     """The running CephRGW. For the session, the standard AWS variables point at it and the
     machine's own AWS config files and profile are hidden; storage's clients are reset on the
     way in and out."""
-    ceph_rgw = _load_ceph_rgw()
-    missing = ceph_rgw.missing_binaries()
+    missing = missing_binaries()
     require(
         not missing,
         f"Ceph is not installed (missing {', '.join(missing)}): "
         "run `bash scripts/ci/install_services.sh`",
     )
-    cluster = ceph_rgw.CephRGW(tmp_path_factory.mktemp("ceph"))
+    cluster = CephRGW(tmp_path_factory.mktemp("ceph"))
     cluster.start()
     env = pytest.MonkeyPatch()
     try:

@@ -2,15 +2,14 @@
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import open_clip
 import pytest
 import torch
 
-from byte_tokenizer import save_byte_tokenizer
 from open_flamingo.src.factory import load_flamingo_tokenizer
+from open_flamingo.tools.byte_tokenizer import save_byte_tokenizer
 from tiny_models import FAMILIES, VISION_ENCODER, build_flamingo, save_tiny_lm
 
 pytest_plugins = ["ceph_fixtures", "slurm_fixtures", "eval_fixtures"]
@@ -23,19 +22,12 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def load_module(path: Path, name: str | None = None):
-    """The Python file at `path` as a module (scripts/ and upstream's files are no packages)."""
+    """The Python file at `path` as a module: one of upstream's files, whose package has our
+    package's import name."""
     spec = importlib.util.spec_from_file_location(name or Path(path).stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def load_script(name: str):
-    """scripts/<name>.py as a module. scripts/ goes on sys.path, as when a script is run, so
-    that the scripts' own imports of each other (e.g. local_services) resolve."""
-    if str(REPO / "scripts") not in sys.path:
-        sys.path.append(str(REPO / "scripts"))
-    return load_module(REPO / "scripts" / f"{name}.py")
 
 
 def require(condition: bool, reason: str) -> None:

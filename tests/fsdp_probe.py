@@ -1,31 +1,32 @@
-"""Run under `torchrun --nproc_per_node 2` by tests/test_fsdp.py: the FSDP2 helpers of the trainer
-(open_flamingo/train/fsdp.py) on a tiny Flamingo sharded with torch's `fully_shard` over gloo,
-against a plain copy of the model.
+"""Run under `torchrun --nproc_per_node 2` by tests/test_fsdp.py: the trainer's FSDP2 backend
+(open_flamingo/train/backend/fsdp2.py) on a tiny Flamingo sharded with torch's `fully_shard`
+over gloo, against a plain copy of the model.
 
     torchrun --nproc_per_node 2 tests/fsdp_probe.py OUT_DIR LM_DIR TOKENIZER_DIR
 
 accelerate makes FSDP only on GPUs, so the sharding is done here as accelerate's fsdp config
 does it (each decoder layer, cross-attention block and the perceiver a unit, then the root).
-Both ranks train on the same batch, so the reduced gradient equals the plain copy's. The
-trainer's `save_checkpoint` / `load_training_checkpoint` write and resume OUT_DIR/run/checkpoint-2.
+Both ranks train on the same batch, so the reduced gradient equals the plain copy's (whose
+embedding rows are masked by the other backends' gradient hook). The trainer's
+`save_checkpoint` / `load_training_checkpoint` write and resume OUT_DIR/run/checkpoint-2.
 Each rank writes OUT_DIR/rank<k>.pt with what the test compares.
 """
 
 import copy
 import sys
-import types
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from accelerate.utils import DistributedType
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from open_flamingo.src.flamingo_lm import FlamingoDecoderLayer
 from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampler
+from open_flamingo.train.backend import FSDP2Backend, keep_embedding_rows
+from open_flamingo.train.backend.fsdp2 import whole
 from open_flamingo.train.checkpointing import load_training_checkpoint, save_checkpoint
-from open_flamingo.train.fsdp import mask_embedding_rows, whole
-from open_flamingo.train.loop import embedding_gradient_mask
 from open_flamingo.train.optim import build_optimizer
 from tiny_models import IMAGE_SIZE, build_flamingo
 
@@ -33,10 +34,11 @@ TEXT = ["<image>a red square<|endofchunk|><image>two blue circles<|endofchunk|>"
 
 
 class ShardedAccelerator:
-    """What the trainer's checkpoint code reads from accelerate's Accelerator, for a run
-    sharded by FSDP (accelerate itself makes FSDP only on GPUs)."""
+    """What the FSDP2 backend and the trainer's checkpoint code read from accelerate's
+    Accelerator, for a run sharded by FSDP (accelerate itself makes FSDP only on GPUs)."""
 
-    distributed_type = types.SimpleNamespace(name="FSDP")
+    distributed_type = DistributedType.FSDP
+    device = torch.device("cpu")
 
     def __init__(self, rank: int):
         self.process_index = rank
@@ -47,6 +49,13 @@ class ShardedAccelerator:
 
     def unwrap_model(self, model):
         return model
+
+    def prepare(self, model, optimizer):
+        return model, optimizer  # sharded by `shard`, as accelerate's fsdp config would
+
+    def clip_grad_norm_(self, parameters, max_norm):
+        # accelerate's, for parameters that are not all the model's
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
 
 
 def shard(model, mesh) -> None:
@@ -70,13 +79,19 @@ def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:
                     param.fill_(0.5)
         return model, tokenizer
 
+    def prepared(model, rows):
+        """`model` sharded by the FSDP2 backend as the trainer prepares it, and its optimizer."""
+        backend = FSDP2Backend(ShardedAccelerator(rank))
+        backend.prepare_model(model, "fp32", trainable_embedding_rows=rows)
+        shard(model, mesh)
+        model, optimizer = backend.wrap(model, build_optimizer(model, 1e-2, 0.1))
+        return backend, model, optimizer
+
     plain, tokenizer = fresh()
     rows = [plain.media_token_id, plain.eoc_token_id]
-    sharded = copy.deepcopy(plain)
-    embedding_gradient_mask(plain, rows)
-    shard(sharded, mesh)
+    backend, sharded, sharded_optimizer = prepared(copy.deepcopy(plain), rows)
+    keep_embedding_rows(plain, rows)
     plain_optimizer = build_optimizer(plain, 1e-2, 0.1)
-    sharded_optimizer = build_optimizer(sharded, 1e-2, 0.1)
 
     ids = tokenizer(TEXT, return_tensors="pt").input_ids
     labels = ids.clone()
@@ -90,9 +105,14 @@ def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:
         loss.backward()
         return loss.item()
 
-    def step(model, optimizer) -> float:
+    def finish_gradients(backend, model) -> None:
+        """The trainer's boundary: the backend masks the embedding rows, then clips (here at a
+        norm no gradient reaches, which scales each gradient by exactly 1)."""
+        backend.clip_gradients([p for p in model.parameters() if p.requires_grad], 1e9)
+
+    def step(backend, model, optimizer) -> float:
         loss = backward(model)
-        mask_embedding_rows(model.lang_encoder.get_input_embeddings().weight, rows)
+        finish_gradients(backend, model)
         optimizer.step()
         optimizer.zero_grad()
         return loss
@@ -101,7 +121,7 @@ def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:
     for _ in range(2):  # the gradients both optimizers get, then their steps
         report["plain_losses"].append(backward(plain))  # masked by the tensor hook
         report["losses"].append(backward(sharded))
-        mask_embedding_rows(sharded.lang_encoder.get_input_embeddings().weight, rows)
+        finish_gradients(backend, sharded)
         grads = {n: whole(p.grad) for n, p in sharded.named_parameters() if p.grad is not None}
         plain_grads = {n: p.grad for n, p in plain.named_parameters() if p.grad is not None}
         assert grads.keys() == plain_grads.keys()
@@ -119,10 +139,9 @@ def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:
     # the trainer's checkpoint code, as the trainer calls it
     run_dir = Path(out_dir) / "run"
     run_dir.mkdir(exist_ok=True)
-    accelerator = ShardedAccelerator(rank)
     scheduler = torch.optim.lr_scheduler.LambdaLR(sharded_optimizer, lambda step: 1.0)
     checkpoint = save_checkpoint(
-        accelerator, sharded, sharded_optimizer, scheduler, {}, {"step": 2}, run_dir
+        backend, sharded, sharded_optimizer, scheduler, {}, {"step": 2}, run_dir
     )
     if rank == 0:
         released = torch.load(checkpoint / "checkpoint.pt")
@@ -133,16 +152,14 @@ def main(out_dir: str, lm_dir: str, tokenizer_dir: str) -> None:
         report["released_keys"] = sorted(released)
 
     # continue the run, and resume it in a fresh sharded model from what was saved
-    report["step3"] = step(sharded, sharded_optimizer)
+    report["step3"] = step(backend, sharded, sharded_optimizer)
     continued = {n: whole(p).detach().clone() for n, p in sharded.named_parameters()}
-    resumed, _ = fresh()
-    shard(resumed, mesh)
-    resumed_optimizer = build_optimizer(resumed, 1e-2, 0.1)
+    resumed_backend, resumed, resumed_optimizer = prepared(fresh()[0], rows)
     resumed_scheduler = torch.optim.lr_scheduler.LambdaLR(resumed_optimizer, lambda step: 1.0)
     load_training_checkpoint(
-        accelerator, resumed, resumed_optimizer, resumed_scheduler, {}, checkpoint
+        resumed_backend, resumed, resumed_optimizer, resumed_scheduler, {}, checkpoint
     )
-    report["step3_resumed"] = step(resumed, resumed_optimizer)
+    report["step3_resumed"] = step(resumed_backend, resumed, resumed_optimizer)
     after = {n: whole(p).detach() for n, p in resumed.named_parameters()}
     report["params_differing_after_resume"] = [
         n for n in continued if not torch.equal(continued[n], after[n])

@@ -22,7 +22,8 @@ import torch.distributed as dist
 from accelerate.utils import set_seed
 
 from open_flamingo.src.factory import create_model_and_transforms
-from open_flamingo.train.args import parse_args
+from open_flamingo.train.args import parse_config
+from open_flamingo.train.backend import choose_backend
 from open_flamingo.train.distributed import make_accelerator
 from open_flamingo.train.optim import build_optimizer
 from open_flamingo.train.step import TrainStep
@@ -69,7 +70,7 @@ class Counter:
         return calls
 
 
-def loss_of(model, batch: dict, args) -> torch.Tensor:
+def loss_of(model, batch: dict, optim) -> torch.Tensor:
     def one(b):
         return model(
             vision_x=b["images"], lang_x=b["input_ids"], attention_mask=b["attention_mask"],
@@ -78,37 +79,39 @@ def loss_of(model, batch: dict, args) -> torch.Tensor:
 
     interleaved, laion = batch
     return (
-        one(interleaved) * args.loss_multiplier_interleaved
-        + one(laion) * args.loss_multiplier_laion
+        one(interleaved) * optim.loss_multiplier_interleaved
+        + one(laion) * optim.loss_multiplier_laion
     )
 
 
 def main(out_dir: str, argv: list[str]) -> None:
-    args = parse_args(argv)
+    config = parse_config(argv)
+    optim = config.optim
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    acc = make_accelerator(args, str(out))
-    set_seed(args.seed)
+    acc = make_accelerator(optim, config.micro_batch_size, str(out))
+    set_seed(config.seed)
     model, image_processor, tokenizer = create_model_and_transforms(
-        args.vision_encoder_path,
-        args.vision_encoder_pretrained,
-        args.lm_path,
-        args.tokenizer_path,
-        cross_attn_every_n_layers=args.cross_attn_every_n_layers,
+        config.model.vision_encoder_path,
+        config.model.vision_encoder_pretrained,
+        config.model.lm_path,
+        config.model.tokenizer_path,
+        cross_attn_every_n_layers=config.model.cross_attn_every_n_layers,
     )
     # open gates (they start at 0, which zeroes every cross-attention and perceiver gradient)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("attn_gate", "ff_gate")):
                 param.fill_(0.5)
-    loaders = build_loaders(args, image_processor, tokenizer, acc)
+    loaders = build_loaders(config, image_processor, tokenizer, acc)
     reference = copy.deepcopy(model)  # this process's gradients, without DDP / DeepSpeed
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay)
-    model, optimizer = acc.prepare(model, optimizer)
+    optimizer = build_optimizer(model, optim.learning_rate, optim.weight_decay)
+    backend = choose_backend(acc)
+    model, optimizer = backend.wrap(model, optimizer)
     inner = acc.unwrap_model(model)
     deepspeed = acc.distributed_type.name == "DEEPSPEED"
-    step = TrainStep(args, acc, model, optimizer)
+    step = TrainStep(optim, backend, model, optimizer)
     counter = Counter()
     hook_calls = [0]
     received: list[dict[str, torch.Tensor]] = []  # the gradients each optimizer step got
@@ -167,8 +170,8 @@ def main(out_dir: str, argv: list[str]) -> None:
     for _ in range(len(loaders["interleaved"])):
         batch = (next(iterators["interleaved"]), next(iterators["laion"]))
         reference.zero_grad(set_to_none=True)
-        ref_loss = loss_of(reference, batch, args)
-        (ref_loss / args.gradient_accumulation_steps).backward()
+        ref_loss = loss_of(reference, batch, optim)
+        (ref_loss / optim.gradient_accumulation_steps).backward()
         grads = {n: ref_params[n].grad.detach().clone() for n in names}
         accumulated = (
             grads if accumulated is None else {n: accumulated[n] + grads[n] for n in names}

@@ -5,8 +5,9 @@ import re
 import pytest
 import torch
 
-from open_flamingo import load_checkpoint, trainable_state_dict
+from open_flamingo import CheckpointMismatchError, load_checkpoint, trainable_state_dict
 from open_flamingo.src.checkpoint import required_checkpoint_keys
+from open_flamingo.src.checkpoint_fit import implied_interval
 from tiny_models import IMAGE_SIZE, randomize_gates
 
 LAYERS = "lang_encoder.transformer.blocks"  # MPT
@@ -136,12 +137,36 @@ def test_plain_hugging_face_layer_keys_load(make_flamingo):
     assert torch.equal(logits(fresh, tokenizer), logits(model, tokenizer))
 
 
-def test_load_checkpoint_accepts_trainer_dicts_and_wrapper_prefixes(make_flamingo, tmp_path):
+@pytest.mark.parametrize("wrapper", ["module.", "_orig_mod."])
+def test_load_checkpoint_accepts_trainer_dicts_and_wrapper_prefixes(
+    wrapper, make_flamingo, tmp_path
+):
     model, tokenizer = trained_model(make_flamingo)
-    wrapped = {f"module.{k}": v for k, v in trainable_state_dict(model).items()}
+    wrapped = {f"{wrapper}{k}": v for k, v in trainable_state_dict(model).items()}
     torch.save({"epoch": 3, "model_state_dict": wrapped}, tmp_path / "checkpoint_3.pt")
     fresh = fresh_model(make_flamingo)
     load_checkpoint(fresh, tmp_path / "checkpoint_3.pt")
+    assert torch.equal(logits(fresh, tokenizer), logits(model, tokenizer))
+
+
+@pytest.mark.parametrize("layout", ["released", "full_upstream", "upstream_2_0_trainer"])
+def test_load_checkpoint_loads_the_upstream_layouts(layout, make_flamingo):
+    model, tokenizer = trained_model(make_flamingo)
+    full = upstream_full_state_dict(model)
+    if layout == "released":
+        state = {k: full[k] for k in trainable_state_dict(model)}
+    elif layout == "full_upstream":
+        state = full
+    else:
+        state = {
+            k: v
+            for k, v in full.items()
+            if not k.startswith("lang_encoder.gated_cross_attn_layers.")
+            and (".gated_cross_attn_layer." in k or k in trainable_state_dict(model))
+        }
+    fresh = fresh_model(make_flamingo)
+    result = load_checkpoint(fresh, state)
+    assert result.unexpected_keys == []
     assert torch.equal(logits(fresh, tokenizer), logits(model, tokenizer))
 
 
@@ -151,12 +176,133 @@ def test_load_checkpoint_reports_missing_flamingo_weights(make_flamingo):
     del state["lang_encoder.gated_cross_attn_layers.2.attn.to_kv.weight"]
     del state["perceiver.latents"]
     fresh = fresh_model(make_flamingo)
-    with pytest.raises(KeyError, match=r"lacks 2 Flamingo weight\(s\).*gated_cross_attn_layers\.2"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"lacks 2 Flamingo weight\(s\).*gated_cross_attn_layers\.2"
+    ):
         load_checkpoint(fresh, state)
 
 
-def test_checkpoint_of_another_cross_attention_interval_is_rejected(make_flamingo):
-    model, _ = trained_model(make_flamingo, cross_attn_every_n_layers=2)
-    fresh = fresh_model(make_flamingo, cross_attn_every_n_layers=1)
-    with pytest.raises(KeyError, match="cross_attn_every_n_layers"):
+def untouched(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before: dict[str, torch.Tensor]) -> None:
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+@pytest.mark.parametrize("saved_every, model_every", [(2, 1), (1, 2), (1, 4)])
+def test_checkpoint_of_another_cross_attention_interval_is_refused_naming_it(
+    saved_every, model_every, make_flamingo
+):
+    model, _ = trained_model(make_flamingo, cross_attn_every_n_layers=saved_every)
+    fresh = fresh_model(make_flamingo, cross_attn_every_n_layers=model_every)
+    before = untouched(fresh)
+    with pytest.raises(CheckpointMismatchError) as refused:
         load_checkpoint(fresh, trainable_state_dict(model))
+    message = str(refused.value)
+    assert f"(cross_attn_every_n_layers={saved_every})" in message
+    assert f"(cross_attn_every_n_layers={model_every}, 4 decoder layers)" in message
+    assert f"--cross_attn_every_n_layers {saved_every}" in message
+    assert_unchanged(fresh, before)  # refused before anything was loaded
+
+
+@pytest.mark.parametrize("layout", ["released", "upstream_2_0_trainer"])
+def test_plain_load_state_dict_reports_blocks_that_land_nowhere(layout, make_flamingo):
+    """Blocks 0 and 2 of an every-layer checkpoint have no place in an every-2nd-layer model:
+    torch alone reported nothing (a None ModuleList entry swallows the keys under it)."""
+    model, _ = trained_model(make_flamingo, cross_attn_every_n_layers=1)
+    state = trainable_state_dict(model)
+    if layout == "upstream_2_0_trainer":  # the blocks under their per-layer alias names
+        block = r"^lang_encoder\.gated_cross_attn_layers\.(\d+)\."
+        state = {
+            re.sub(block, rf"{LAYERS}.\1.gated_cross_attn_layer.", k): v for k, v in state.items()
+        }
+    in_block = r"(gated_cross_attn_layers|blocks)\.{}\."
+    stray = sorted(k for k in state if re.search(in_block.format("[02]"), k))
+    assert len(stray) == 2 * len([k for k in state if re.search(in_block.format(1), k)]) > 0
+    fresh = fresh_model(make_flamingo, cross_attn_every_n_layers=2)
+    result = fresh.load_state_dict(state, strict=False)
+    assert sorted(result.unexpected_keys) == stray
+    assert not set(required_checkpoint_keys(fresh)) & set(result.missing_keys)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        fresh.load_state_dict(state, strict=True)
+
+
+def test_flamingo_weights_that_land_nowhere_are_refused(make_flamingo):
+    model, _ = trained_model(make_flamingo)
+    state = trainable_state_dict(model)
+    state["perceiver.frame_embs"] = torch.zeros(1, 64)  # this model has no frame embeddings
+    with pytest.raises(
+        CheckpointMismatchError, match=r"1 of its Flamingo weight\(s\) land nowhere"
+    ):
+        load_checkpoint(fresh_model(make_flamingo), state)
+
+
+def test_other_keys_that_land_nowhere_are_reported_not_refused(make_flamingo):
+    model, tokenizer = trained_model(make_flamingo)
+    state = trainable_state_dict(model)
+    state["lang_encoder.transformer.extra.weight"] = torch.zeros(1)
+    fresh = fresh_model(make_flamingo)
+    result = load_checkpoint(fresh, state)
+    assert result.unexpected_keys == ["lang_encoder.transformer.extra.weight"]
+    assert torch.equal(logits(fresh, tokenizer), logits(model, tokenizer))
+
+
+@pytest.mark.parametrize(
+    "key, rows, cause",
+    [
+        ("lang_encoder.transformer.wte.weight", slice(0, 259), "another tokenizer"),
+        ("perceiver.latents", slice(0, 32), "another vision encoder"),
+        (
+            "lang_encoder.gated_cross_attn_layers.1.attn.to_q.weight",
+            slice(0, 256),
+            "another language model",
+        ),
+    ],
+)
+def test_shape_mismatches_are_refused_naming_their_cause(key, rows, cause, make_flamingo):
+    model, _ = trained_model(make_flamingo)
+    state = trainable_state_dict(model)
+    state[key] = state[key][rows]
+    fresh = fresh_model(make_flamingo)
+    before = untouched(fresh)
+    with pytest.raises(
+        CheckpointMismatchError, match=rf"1 shape\(s\) differ \({re.escape(key)}.*{cause}"
+    ):
+        load_checkpoint(fresh, state)
+    assert_unchanged(fresh, before)
+
+
+def test_gpt_neox_untied_output_embedding_loads_from_its_upstream_name(make_flamingo):
+    """Upstream (transformers 4) saved GPT-NeoX's head as `embed_out`, in every checkpoint (its
+    filter kept each key containing "embed"); transformers 5 calls it `lm_head`."""
+    model, tokenizer = trained_model(make_flamingo, "gpt_neox")
+    with torch.no_grad():
+        model.lang_encoder.lm_head.weight[257:].normal_()  # the new tokens' rows
+    state = trainable_state_dict(model)
+    state["lang_encoder.embed_out.weight"] = model.lang_encoder.lm_head.weight.detach().clone()
+    fresh = make_flamingo("gpt_neox", seed=SEED)[0].eval()
+    assert not torch.equal(
+        fresh.lang_encoder.lm_head.weight, state["lang_encoder.embed_out.weight"]
+    )
+    result = fresh.load_state_dict(state, strict=False)
+    assert result.unexpected_keys == []
+    assert torch.equal(fresh.lang_encoder.lm_head.weight, state["lang_encoder.embed_out.weight"])
+    assert torch.equal(logits(fresh, tokenizer), logits(model, tokenizer))
+    again = make_flamingo("gpt_neox", seed=SEED)[0].eval()
+    assert load_checkpoint(again, state).unexpected_keys == []
+    assert torch.equal(logits(again, tokenizer), logits(model, tokenizer))
+    state["lang_encoder.embed_out.weight"] = state["lang_encoder.embed_out.weight"][:-1]
+    with pytest.raises(
+        CheckpointMismatchError, match=r"lm_head.weight: \(259, 64\) there.*another tokenizer"
+    ):
+        load_checkpoint(make_flamingo("gpt_neox", seed=SEED)[0], state)
+
+
+def test_implied_interval():
+    assert implied_interval({0, 1, 2, 3}) == 1
+    assert implied_interval({1, 3}) == 2
+    assert implied_interval({3, 7, 11}) == 4
+    assert implied_interval({1, 2}) is None
+    assert implied_interval(set()) is None

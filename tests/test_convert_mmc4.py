@@ -1,5 +1,6 @@
-"""scripts/convert_mmc4_to_wds.py on a tiny MMC4 sample built here: jsonl.zip shards + image files
--> OpenFlamingo-style webdataset tars that parse_mmc4_wds reads back."""
+"""scripts/convert_mmc4_to_wds.py (open_flamingo/tools/convert_mmc4_to_wds.py) on a tiny MMC4
+sample built here: jsonl.zip shards + image files -> OpenFlamingo-style webdataset tars that
+parse_mmc4_wds reads back."""
 
 import base64
 import io
@@ -11,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import load_script
 from open_flamingo.data.documents import ImageRef, parse_mmc4, parse_mmc4_wds
 from open_flamingo.data.mmc4 import MMC4_MIN_IMAGE_BYTES
 from open_flamingo.data.shards import iter_records
 from open_flamingo.data.skips import SkipCounter
+from open_flamingo.tools import convert_mmc4_to_wds
 
 
 def noise_jpeg(seed: int) -> bytes:
@@ -66,8 +67,7 @@ def test_convert_mmc4_to_wds(tmp_path, capsys):
     )
     (shards / "README.txt").write_text("not a shard")
 
-    script = load_script("convert_mmc4_to_wds")
-    summary = script.main(
+    summary = convert_mmc4_to_wds.main(
         ["--input", str(shards), "--images", str(images), "--output", str(tmp_path / "wds")]
         + ["--docs-per-shard", "1"]
     )
@@ -107,14 +107,13 @@ def test_convert_mmc4_to_wds(tmp_path, capsys):
 
 
 def test_an_input_without_shards_or_convertible_documents_fails(tmp_path, capsys):
-    script = load_script("convert_mmc4_to_wds")
     flags = ["--images", str(tmp_path), "--output", str(tmp_path / "wds")]
     with pytest.raises(SystemExit) as exit_info:
-        script.main(["--input", str(tmp_path / "typo"), *flags])
+        convert_mmc4_to_wds.main(["--input", str(tmp_path / "typo"), *flags])
     assert exit_info.value.code == 2
     assert f"--input {tmp_path / 'typo'}: no MMC4 shards" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # a shard file that is not there
-        script.main(["--input", str(tmp_path / "docs.jsonl.zip"), *flags])
+        convert_mmc4_to_wds.main(["--input", str(tmp_path / "docs.jsonl.zip"), *flags])
     assert exit_info.value.code == 1
     output = capsys.readouterr()
     assert json.loads(output.out)["skips"] == {"shard_unreadable": 1}

@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import json
+import math
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from open_flamingo.data.documents import (
     parse_mmc4,
     parse_mmc4_wds,
     parse_omnicorpus,
+    parse_omnicorpus_sim,
 )
 from open_flamingo.data.mmc4 import MMC4_MIN_IMAGE_BYTES, match_images_to_sentences
 from open_flamingo.data.shards import iter_records
@@ -313,4 +315,84 @@ def test_laion_table_rows(row):
 def test_laion_table_rows_without_url_or_caption(row):
     with pytest.raises(SkipSample) as raised:
         parse_laion_table(row, "k", "/images")
+    assert raised.value.reason == "schema"
+
+
+def test_laionen2b_rows_name_their_image_object():
+    """OmniCorpus's LAION-En2B rows: `image` is the object's name under the prefix, as is."""
+    row = {"image": "part-00000/000000001.jpg", "caption": "a dog", "similarity": 0.3}
+    doc = parse_laion_table(row, "k", "s3://laion/images")
+    assert doc == PairDoc("k", "a dog", ImageRef(uri="s3://laion/images/part-00000/000000001.jpg"))
+
+
+@pytest.mark.parametrize(
+    "row, detail",
+    [
+        ({"image": "", "caption": "x"}, "image is empty"),
+        ({"image": {"bytes": b"\xff" * 9, "path": None}, "caption": "x"}, "image is a dict"),
+        ({"image": "../escape.jpg", "caption": "x"}, "unsafe image file name"),
+        ({"image": "a.jpg", "caption": None}, "no caption"),
+    ],
+)
+def test_laionen2b_rows_that_cannot_be_used(row, detail):
+    with pytest.raises(SkipSample, match=detail) as raised:
+        parse_laion_table(row, "k", "/images")
+    assert raised.value.reason == "schema"
+
+
+def test_valid_image_leaves_images_out_as_omnicorpus_does():
+    record = {
+        "images": [URL_A, None, URL_B],
+        "texts": [None, "text", None],
+        "valid_image": [False, None],  # null: not valid either
+    }
+    doc = parse_omnicorpus(record, "k", "/images")
+    assert doc.texts == ["text"] and doc.images == [None]
+    record["valid_image"] = [True, True]
+    assert parse_omnicorpus(record, "k", "/images").num_images == 2
+    for bad in ([True], "yes", [1, 0]):
+        with pytest.raises(SkipSample, match="valid_image"):
+            parse_omnicorpus({**record, "valid_image": bad}, "k", "/images")
+
+
+def test_with_similarities_record_softmaxes_over_sentences():
+    record = {
+        "sentences": [["zero"], ["one"], ["two"]],
+        "matrix": [[[0.05, -0.82, 0.6]], [[-0.83, -0.93, -0.23]]],
+        "images_info": [{"name": [URL_A]}, {"name": [URL_B]}],
+    }
+    candidates = parse_omnicorpus_sim(record, "k", "/images")
+    assert candidates.sentences == ["zero", "one", "two"]
+    assert [ref.uri for ref in candidates.images] == [
+        f"/images/{sha(URL_A)}",
+        f"/images/{sha(URL_B)}",
+    ]
+    rows = [[0.05, -0.82, 0.6], [-0.83, -0.93, -0.23]]
+    for row, got in zip(rows, candidates.similarity, strict=True):
+        exps = [math.exp(x) for x in row]
+        assert got.tolist() == pytest.approx([x / sum(exps) for x in exps], abs=1e-12)
+    doc, _ = candidates.match()
+    # after the softmax: A -> "two" (0.55), B -> "zero" (0.27); the raw scores match nothing
+    assert [ref is not None for ref in doc.images] == [True, False, False, True, False]
+    assert doc.images[0].uri.endswith(sha(URL_B)) and doc.images[3].uri.endswith(sha(URL_A))
+
+
+@pytest.mark.parametrize(
+    "change, detail",
+    [
+        ({"sentences": ["not wrapped"]}, r"sentences\[0\] is not a list"),
+        ({"images_info": [{"name": []}, {"name": [URL_B]}]}, r"images_info\[0\].name"),
+        ({"images_info": [{"name": [""]}, {"name": [URL_B]}]}, "holds no URL"),
+        ({"matrix": [[[0.1, 0.2]], [[0.1, 0.2, 0.3]]]}, "matrix"),
+        ({"matrix": None}, "missing field 'matrix'"),
+    ],
+)
+def test_with_similarities_schema_problems(change, detail):
+    record = {
+        "sentences": [["zero"], ["one"], ["two"]],
+        "matrix": [[[0.1, 0.2, 0.3]], [[0.3, 0.2, 0.1]]],
+        "images_info": [{"name": [URL_A]}, {"name": [URL_B]}],
+    }
+    with pytest.raises(SkipSample, match=detail) as raised:
+        parse_omnicorpus_sim({**record, **change}, "k", "/images")
     assert raised.value.reason == "schema"

@@ -18,7 +18,6 @@ import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,12 +26,13 @@ import torch
 from PIL import Image
 from test_data_loader import fingerprint
 
-from conftest import load_script
 from open_flamingo.data import storage
+from open_flamingo.data.config import CorpusConfig
 from open_flamingo.data.doc_types import image_object_name
 from open_flamingo.data.loader import get_data
 from open_flamingo.data.mmc4 import MMC4_MIN_IMAGE_BYTES
 from open_flamingo.data.synthetic import ShapeSpec, write_synthetic_corpus
+from open_flamingo.tools.convert_mmc4_to_wds import convert_mmc4_to_wds
 
 NUM_DOCS, DOCS_PER_SHARD = 8, 4
 NUM_PAIRS, PAIRS_PER_SHARD = 8, 4
@@ -283,8 +283,7 @@ def formats(tmp_path_factory, tokenizer) -> tuple[Path, dict[str, Case]]:
     )
 
     # MMC4 webdataset, written by the converter script; docs found again by their URL.
-    converter = load_script("convert_mmc4_to_wds")
-    summary = converter.convert_mmc4_to_wds(
+    summary = convert_mmc4_to_wds(
         str(root / "mmc4" / "docs"),
         str(mmc4_images),
         str(root / "mmc4_wds"),
@@ -365,24 +364,17 @@ CASES = [
 # ---------------------------------------------------------------- loading and checking
 
 
-def case_args(case: Case, root: str, workers: int = 0) -> SimpleNamespace:
-    args = {
-        f"{case.dataset_type}_shards": f"{root}/{case.shards}",
-        "batch_size_interleaved": BATCH_SIZE,
-        "batch_size_laion": BATCH_SIZE,
-        "max_tokens_interleaved": MAX_TOKENS_INTERLEAVED,
-        "max_tokens_laion": MAX_TOKENS_PAIRS,
-        "train_num_samples_interleaved": len(case.expected),  # one pass
-        "train_num_samples_laion": len(case.expected),
-        "workers": workers,
-        "seed": 0,
-        "dataset_resampled": False,
-        "world_size": 1,
-        "rank": 0,
-    }
-    if case.image_prefix is not None:
-        args[f"{case.dataset_type}_image_prefix"] = f"{root}/{case.image_prefix}"
-    return SimpleNamespace(**args)
+def case_config(case: Case, root: str, workers: int = 0) -> CorpusConfig:
+    pairs = case.dataset_type.startswith("laion")
+    return CorpusConfig(
+        dataset_type=case.dataset_type,
+        shards=f"{root}/{case.shards}",
+        image_prefix=None if case.image_prefix is None else f"{root}/{case.image_prefix}",
+        batch_size=BATCH_SIZE,
+        max_tokens=MAX_TOKENS_PAIRS if pairs else MAX_TOKENS_INTERLEAVED,
+        num_samples=len(case.expected),  # one pass
+        workers=workers,
+    )
 
 
 def reference_labels(ids: list[int], *, pad: int, media: int, eoc: int, pairs: bool) -> list:
@@ -436,8 +428,7 @@ def check_batches(batches, case: Case, root: str, tokenizer, image_processor) ->
 
 
 def load(case: Case, root: str, tokenizer, image_processor, workers: int = 0):
-    args = case_args(case, root, workers)
-    loader = get_data(args, image_processor, tokenizer, case.dataset_type).dataloader
+    loader = get_data(case_config(case, root, workers), image_processor, tokenizer).dataloader
     return loader, list(loader)
 
 
@@ -572,9 +563,7 @@ def competing_mmc4(tmp_path_factory, formats) -> Path:
     (root / "docs").mkdir()
     member = {"docs_shard_0_v2.jsonl": (json.dumps(doc) + "\n").encode()}
     (root / "docs" / "docs_shard_0_v2.jsonl.zip").write_bytes(zip_bytes(member))
-    load_script("convert_mmc4_to_wds").convert_mmc4_to_wds(
-        str(root / "docs"), str(root / "images"), str(root / "wds")
-    )
+    convert_mmc4_to_wds(str(root / "docs"), str(root / "images"), str(root / "wds"))
     return root
 
 
@@ -588,17 +577,15 @@ def test_mmc4_images_under_10kb_take_no_part_in_the_matching(
     """As upstream: images of 10 KB or less are left out before the Hungarian matching, so B
     takes sentence zero. Both MMC4 forms of one corpus must give the same documents."""
     root = competing_mmc4
-    args = SimpleNamespace(
-        mmc4_shards=str(root / "docs"),
-        mmc4_wds_shards=str(root / "wds"),
-        mmc4_image_prefix=str(root / "images"),
-        batch_size_interleaved=1,
-        max_tokens_interleaved=MAX_TOKENS_INTERLEAVED,
-        train_num_samples_interleaved=1,
-        workers=0,
-        seed=0,
+    config = CorpusConfig(
+        dataset_type=dataset_type,
+        shards=str(root / {"mmc4": "docs", "mmc4_wds": "wds"}[dataset_type]),
+        image_prefix=str(root / "images"),
+        batch_size=1,
+        max_tokens=MAX_TOKENS_INTERLEAVED,
+        num_samples=1,
     )
-    loader = get_data(args, image_processor, tokenizer, dataset_type).dataloader
+    loader = get_data(config, image_processor, tokenizer).dataloader
     (batch,) = list(loader)
     length = int(batch["attention_mask"][0].sum())
     text = tokenizer.decode(batch["input_ids"][0, :length].tolist())

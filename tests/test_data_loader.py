@@ -1,5 +1,6 @@
 """get_data end to end on the synthetic corpus: sharding, epochs, exact resume, bad input, S3."""
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -7,7 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import REPO
 from open_flamingo.data import storage
+from open_flamingo.data.config import CorpusConfig
 from open_flamingo.data.doc_types import image_object_name
 from open_flamingo.data.formats import get_format
 from open_flamingo.data.loader import get_data
@@ -45,25 +46,31 @@ def corpus(tmp_path_factory):
     return root
 
 
-def loader_args(root, **overrides):
-    args = dict(
-        omnicorpus_shards=f"{root}/interleaved",
-        omnicorpus_image_prefix=f"{root}/images",
-        laion_shards=f"{root}/pairs",
-        batch_size_interleaved=5,
-        batch_size_laion=4,
-        max_tokens_interleaved=MAX_TOKENS,
-        max_tokens_laion=32,
-        train_num_samples_interleaved=40,
-        train_num_samples_laion=16,
+def interleaved(root, **overrides) -> CorpusConfig:
+    """The synthetic corpus's documents: 8 batches of 5 per epoch, 2 workers."""
+    fields = dict(
+        dataset_type="omnicorpus",
+        shards=f"{root}/interleaved",
+        image_prefix=f"{root}/images",
+        batch_size=5,
+        max_tokens=MAX_TOKENS,
+        num_samples=40,
         workers=2,
-        seed=0,
-        dataset_resampled=False,
-        world_size=1,
-        rank=0,
     )
-    args.update(overrides)
-    return SimpleNamespace(**args)
+    return CorpusConfig(**{**fields, **overrides})
+
+
+def pairs(root, **overrides) -> CorpusConfig:
+    """The synthetic corpus's pairs: 4 batches of 4 per epoch, 2 workers."""
+    fields = dict(
+        dataset_type="laion",
+        shards=f"{root}/pairs",
+        batch_size=4,
+        max_tokens=32,
+        num_samples=16,
+        workers=2,
+    )
+    return CorpusConfig(**{**fields, **overrides})
 
 
 def fingerprint(batch) -> str:
@@ -82,7 +89,7 @@ def run_epochs(loader, epochs, start_epoch=0):
 
 
 def test_batches_have_the_training_shapes_and_labels(corpus, tokenizer, image_processor):
-    loader = get_data(loader_args(corpus), image_processor, tokenizer, "omnicorpus").dataloader
+    loader = get_data(interleaved(corpus), image_processor, tokenizer).dataloader
     batches = list(loader)
     assert len(batches) == len(loader) == 8  # 40 samples / batch 5
     batch = batches[0]
@@ -98,15 +105,15 @@ def test_batches_have_the_training_shapes_and_labels(corpus, tokenizer, image_pr
     for row, n in enumerate(used.tolist()):
         kept = int(filled[row].sum())
         assert 1 <= n <= kept and filled[row, :kept].all()
-    pairs = list(get_data(loader_args(corpus), image_processor, tokenizer, "laion").dataloader)
-    assert len(pairs) == 4 and pairs[0]["images"].shape == (4, 1, 1, 3, 64, 64)
+    batches = list(get_data(pairs(corpus), image_processor, tokenizer).dataloader)
+    assert len(batches) == 4 and batches[0]["images"].shape == (4, 1, 1, 3, 64, 64)
 
 
 def test_ranks_and_workers_read_disjoint_parts_of_the_corpus(corpus, tokenizer, image_processor):
     keys = []
     for rank in (0, 1):  # 2 ranks x 2 workers = 4 slots, 8 shards of 10 docs: one pass = 80 docs
-        args = loader_args(corpus, world_size=2, rank=rank, train_num_samples_interleaved=80)
-        loader = get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
+        config = interleaved(corpus, num_samples=80)
+        loader = get_data(config, image_processor, tokenizer, rank=rank, world_size=2).dataloader
         keys += [key for batch in loader for key in batch["keys"]]
     assert len(keys) == 80 and len(set(keys)) == 80
 
@@ -133,8 +140,8 @@ def test_every_part_of_a_pass_goes_to_exactly_one_slot(num_shards, n_slots):
 
 
 def test_epochs_continue_the_stream_with_a_new_shuffle(corpus, tokenizer, image_processor):
-    args = loader_args(corpus, train_num_samples_interleaved=80, workers=1)
-    loader = get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
+    config = interleaved(corpus, num_samples=80, workers=1)
+    loader = get_data(config, image_processor, tokenizer).dataloader
     first, second = [[k for _, keys, _ in run_epochs(loader, 1, e) for k in keys] for e in (0, 1)]
     assert sorted(first) == sorted(second)  # one pass each over all 80 docs
     assert first != second  # in another order
@@ -142,27 +149,24 @@ def test_epochs_continue_the_stream_with_a_new_shuffle(corpus, tokenizer, image_
 
 def test_resampled_stream_is_deterministic_for_a_seed(corpus, tokenizer, image_processor):
     def keys(seed):
-        args = loader_args(corpus, dataset_resampled=True, seed=seed)
-        return [
-            b["keys"] for b in get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
-        ]
+        config = interleaved(corpus, resampled=True, seed=seed)
+        return [b["keys"] for b in get_data(config, image_processor, tokenizer).dataloader]
 
     assert keys(3) == keys(3)
     assert keys(3) != keys(4)
 
 
 RESUME_SCRIPT = """
-import json, sys, torch
-sys.path.insert(0, {tests!r})
-from types import SimpleNamespace
+import json, torch
 import open_clip
+from open_flamingo.data.config import CorpusConfig
 from open_flamingo.data.loader import get_data
 from open_flamingo.src.factory import load_flamingo_tokenizer
 from test_data_loader import fingerprint, run_epochs
-args = SimpleNamespace(**json.load(open({args!r})))
+config = CorpusConfig(**json.load(open({config!r})))
 tokenizer = load_flamingo_tokenizer({tokenizer!r})
 image_processor = open_clip.create_model_and_transforms({vision!r}, pretrained=None)[2]
-loader = get_data(args, image_processor, tokenizer, "omnicorpus", epoch=1).dataloader
+loader = get_data(config, image_processor, tokenizer, epoch=1).dataloader
 loader.load_state_dict(torch.load({state!r}))
 out = run_epochs(loader, 2, start_epoch=1)
 json.dump(out, open({out!r}, "w"))
@@ -173,12 +177,10 @@ json.dump(out, open({out!r}, "w"))
 def test_resume_in_a_new_process_continues_exactly(
     workers, corpus, tokenizer, image_processor, byte_tokenizer_dir, tmp_path
 ):
-    args = loader_args(corpus, workers=workers, train_num_samples_interleaved=30)  # 6 batches
-    uninterrupted = run_epochs(
-        get_data(args, image_processor, tokenizer, "omnicorpus").dataloader, 3
-    )
+    config = interleaved(corpus, workers=workers, num_samples=30)  # 6 batches
+    uninterrupted = run_epochs(get_data(config, image_processor, tokenizer).dataloader, 3)
 
-    loader = get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
+    loader = get_data(config, image_processor, tokenizer).dataloader
     seen = run_epochs(loader, 1)
     loader.set_epoch(1)
     for i, batch in enumerate(loader):
@@ -186,16 +188,15 @@ def test_resume_in_a_new_process_continues_exactly(
         if i == 2:  # stop in the middle of epoch 1, after its 3rd batch
             break
     torch.save(loader.state_dict(), tmp_path / "state.pt")
-    (tmp_path / "args.json").write_text(json.dumps(vars(args)))
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
     script = RESUME_SCRIPT.format(
-        tests=str(REPO / "tests"),
-        args=str(tmp_path / "args.json"),
+        config=str(tmp_path / "config.json"),
         tokenizer=str(byte_tokenizer_dir),
         vision=VISION_ENCODER,
         state=str(tmp_path / "state.pt"),
         out=str(tmp_path / "out.json"),
     )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO)
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO / "tests")  # its helpers
     resumed = [tuple(x) for x in json.loads((tmp_path / "out.json").read_text())]
     resumed = [(e, list(k), f) for e, k, f in resumed]
     assert seen + resumed == [(e, list(k), f) for e, k, f in uninterrupted]
@@ -203,27 +204,24 @@ def test_resume_in_a_new_process_continues_exactly(
 
 
 def test_loader_state_from_another_layout_is_refused(corpus, tokenizer, image_processor):
-    loader = get_data(
-        loader_args(corpus, workers=2), image_processor, tokenizer, "omnicorpus"
-    ).dataloader
+    loader = get_data(interleaved(corpus, workers=2), image_processor, tokenizer).dataloader
     next(iter(loader))
-    other = get_data(
-        loader_args(corpus, workers=1), image_processor, tokenizer, "omnicorpus"
-    ).dataloader
+    other = get_data(interleaved(corpus, workers=1), image_processor, tokenizer).dataloader
     with pytest.raises(ValueError, match="same number of processes, --workers"):
         other.load_state_dict(loader.state_dict())
 
 
-def test_missing_flags_are_explained(corpus, tokenizer, image_processor):
-    args = loader_args(corpus, omnicorpus_image_prefix=None)
+def test_missing_locations_are_explained(corpus, tokenizer, image_processor):
     with pytest.raises(ValueError, match="--omnicorpus_image_prefix is required"):
-        get_data(args, image_processor, tokenizer, "omnicorpus")
+        get_data(interleaved(corpus, image_prefix=None), image_processor, tokenizer)
     with pytest.raises(ValueError, match="--obelics_shards is required"):
-        get_data(args, image_processor, tokenizer, "obelics")
+        get_data(
+            interleaved(corpus, dataset_type="obelics", shards=None), image_processor, tokenizer
+        )
     with pytest.raises(ValueError, match="Unknown dataset type 'cc3m'"):
-        get_data(args, image_processor, tokenizer, "cc3m")
+        get_data(interleaved(corpus, dataset_type="cc3m"), image_processor, tokenizer)
     with pytest.raises(ValueError, match="No shards found"):
-        get_data(loader_args(corpus / "nowhere"), image_processor, tokenizer, "omnicorpus")
+        get_data(interleaved(corpus / "nowhere"), image_processor, tokenizer)
 
 
 # ---------------------------------------------------------------- bad input, end to end
@@ -298,15 +296,15 @@ def write_bad_corpus(root) -> dict[int, dict[str, int]]:
 def test_bad_input_is_skipped_and_counted_end_to_end(tmp_path, tokenizer, image_processor):
     """Every kind of bad input is skipped and counted once, when the stream passes it."""
     effects = write_bad_corpus(tmp_path)
-    args = loader_args(
+    config = interleaved(
         tmp_path,
-        omnicorpus_shards=str(tmp_path / "docs"),
-        omnicorpus_image_prefix=str(tmp_path / "images"),
-        batch_size_interleaved=3,
-        train_num_samples_interleaved=3,
+        shards=str(tmp_path / "docs"),
+        image_prefix=str(tmp_path / "images"),
+        batch_size=3,
+        num_samples=3,
         workers=0,
     )
-    loader = get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
+    loader = get_data(config, image_processor, tokenizer).dataloader
     (batch,) = list(loader)
     assert len(batch["keys"]) == 3  # the three usable documents of the shard
     # which records the stream consumed: the first `record` of this pass's seeded order
@@ -333,15 +331,15 @@ def test_bad_input_is_skipped_and_counted_end_to_end(tmp_path, tokenizer, image_
 
 def test_every_kind_of_bad_input_is_met_in_a_full_pass(tmp_path, tokenizer, image_processor):
     effects = write_bad_corpus(tmp_path)
-    args = loader_args(
+    config = interleaved(
         tmp_path,
-        omnicorpus_shards=str(tmp_path / "docs"),
-        omnicorpus_image_prefix=str(tmp_path / "images"),
-        batch_size_interleaved=1,
-        train_num_samples_interleaved=7,
+        shards=str(tmp_path / "docs"),
+        image_prefix=str(tmp_path / "images"),
+        batch_size=1,
+        num_samples=7,
         workers=0,
     )
-    loader = get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
+    loader = get_data(config, image_processor, tokenizer).dataloader
     for _ in loader:  # 7 samples: more than the 3 usable documents of one pass
         pass
     assert loader.states[0]["passes"] >= 2
@@ -350,8 +348,8 @@ def test_every_kind_of_bad_input_is_met_in_a_full_pass(tmp_path, tokenizer, imag
 
 
 def test_slot_without_records_shows_why_its_shards_gave_none(tmp_path, tokenizer, image_processor):
-    args = loader_args(tmp_path, omnicorpus_shards=f"{tmp_path}/{{a,b}}.jsonl", workers=0)
-    loader = get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
+    config = interleaved(tmp_path, shards=f"{tmp_path}/{{a,b}}.jsonl", workers=0)
+    loader = get_data(config, image_processor, tokenizer).dataloader
     with pytest.raises(RuntimeError, match=r"no record in 101 passes.*'shard_unreadable': 202"):
         next(iter(loader))
 
@@ -432,9 +430,9 @@ def relative(run, root):
 
 def test_s3_corpus_gives_the_same_batches_as_local(corpus, tokenizer, image_processor, s3_bucket):
     remote = upload(corpus, s3_bucket)
-    for dataset_type in ("omnicorpus", "laion"):
-        local = get_data(loader_args(corpus), image_processor, tokenizer, dataset_type)
-        from_s3 = get_data(loader_args(remote), image_processor, tokenizer, dataset_type)
+    for describe in (interleaved, pairs):
+        local = get_data(describe(corpus), image_processor, tokenizer)
+        from_s3 = get_data(describe(remote), image_processor, tokenizer)
         expected = relative(run_epochs(local.dataloader, 1), corpus)
         assert relative(run_epochs(from_s3.dataloader, 1), remote) == expected
 
@@ -443,9 +441,9 @@ def test_gateway_outage_mid_epoch_changes_nothing(
     corpus, tokenizer, image_processor, s3_bucket, rgw
 ):
     remote = upload(corpus, s3_bucket)
-    args = loader_args(remote, workers=1, train_num_samples_interleaved=40)
-    expected = run_epochs(get_data(args, image_processor, tokenizer, "omnicorpus").dataloader, 1)
-    loader = get_data(args, image_processor, tokenizer, "omnicorpus").dataloader
+    config = interleaved(remote, workers=1, num_samples=40)
+    expected = run_epochs(get_data(config, image_processor, tokenizer).dataloader, 1)
+    loader = get_data(config, image_processor, tokenizer).dataloader
     got = []
     restarter = None
     for i, batch in enumerate(loader):

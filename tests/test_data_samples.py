@@ -24,7 +24,8 @@ from open_flamingo.data.samples import (
 from open_flamingo.data.skips import SkipCounter, SkipSample
 from open_flamingo.src.factory import load_flamingo_tokenizer
 
-# The byte tokenizer's ids: 0-255 bytes, then these (tests/byte_tokenizer.py + Flamingo's tokens).
+# The byte tokenizer's ids: 0-255 bytes, then these (open_flamingo/tools/byte_tokenizer.py and
+# Flamingo's tokens).
 EOS, EOC, IMG, PAD = 256, 257, 258, 259
 X = -100
 

@@ -1,4 +1,5 @@
-"""open_flamingo.data.shards: every shard format, stable record indices, resuming, bad input."""
+"""open_flamingo.data.shards: every shard format, stable record indices, reading only the records
+a reader keeps, bad input."""
 
 import gzip
 import io
@@ -34,9 +35,15 @@ def parquet(rows: list[dict], row_group_size: int) -> bytes:
     return buffer.getvalue()
 
 
-def read(name: str, data: bytes, start: int = 0) -> tuple[list[tuple[int, dict]], dict]:
+def read(name: str, data: bytes, keep=None) -> tuple[list[tuple[int, dict]], dict]:
     skips = SkipCounter()
-    return list(iter_records(name, data, skips, start)), skips.as_dict()
+    kept = {} if keep is None else {"keep": keep}
+    return list(iter_records(name, data, skips, **kept)), skips.as_dict()
+
+
+def from_index(start: int):
+    """Keep records `start`, `start + 1`, ..."""
+    return lambda index: index >= start
 
 
 # A JSONL shard with one bad line of each kind; indices 0, 4 and 6 are good.
@@ -88,13 +95,21 @@ def test_jsonl_last_line_without_newline_is_fine_when_complete():
     assert [r for _, r in records] == GOOD[:2] and skips == {}
 
 
-@pytest.mark.parametrize("start", range(len(MIXED_LINES) + 2))
-def test_jsonl_start_resumes_exactly_and_counts_only_later_lines(start):
+@pytest.mark.parametrize(
+    "stride, offset",
+    [(1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (4, 3), (5, 4), (8, 7), (10, 9)],
+)
+def test_jsonl_keep_reads_and_counts_only_the_kept_lines(stride, offset):
+    """What a loader slot keeps of a shard it shares: every stride-th line (stream.py)."""
     full, _ = read("shard.jsonl", MIXED)
-    records, skips = read("shard.jsonl", MIXED, start=start)
-    assert records == [(i, r) for i, r in full if i >= start]
+
+    def kept(index: int) -> bool:
+        return index % stride == offset
+
+    records, skips = read("shard.jsonl", MIXED, keep=kept)
+    assert records == [(i, r) for i, r in full if kept(i)]
     bad_from = {1: "invalid_json", 2: "non_utf8", 3: "schema", 5: "invalid_json", 7: "truncated"}
-    assert sum(skips.values()) == sum(1 for line in bad_from if line >= start)
+    assert sum(skips.values()) == sum(1 for line in bad_from if kept(line))
 
 
 def test_gzip_jsonl_reads_all_members_and_stops_cleanly_when_truncated():
@@ -126,7 +141,7 @@ def test_zip_reads_jsonl_members_in_name_order_as_one_index_sequence():
     for name in ("mmc4.jsonl.zip", "docs.zip"):
         records, skips = read(name, data)
         assert records == expected and skips == {"invalid_json": 1}
-    records, skips = read("docs.zip", data, start=3)
+    records, skips = read("docs.zip", data, keep=from_index(3))
     assert records == expected[3:] and skips == {"invalid_json": 1}
 
 
@@ -136,12 +151,12 @@ def test_truncated_zip_is_counted_not_raised():
     assert records == [] and skips == {"truncated_shard": 1}
 
 
-def test_parquet_rows_are_dicts_and_start_skips_whole_row_groups():
+def test_parquet_rows_are_dicts_and_only_kept_rows_are_read():
     rows = [{"url": f"https://x/{i}.jpg", "caption": f"c{i}", "jpg": bytes([i])} for i in range(7)]
     data = parquet(rows, row_group_size=3)
     records, skips = read("pairs.parquet", data)
     assert records == list(enumerate(rows)) and skips == {}
-    records, _ = read("pairs.parquet", data, start=4)
+    records, _ = read("pairs.parquet", data, keep=from_index(4))
     assert records == list(enumerate(rows))[4:]
     records, skips = read("pairs.parquet", data[: len(data) // 2])
     assert records == [] and skips == {"truncated_shard": 1}
@@ -175,11 +190,11 @@ def test_tar_groups_members_by_key():
     assert tar_sample_key(".hidden") is None
 
 
-def test_tar_start_and_truncation():
+def test_tar_keep_and_truncation():
     data = tar_bytes(tar_samples())
     full, skips = read("pairs.tar", data)
     assert [i for i, _ in full] == [0, 1, 2, 3] and skips == {}
-    assert read("pairs.tar", data, start=2)[0] == full[2:]
+    assert read("pairs.tar", data, keep=from_index(2))[0] == full[2:]
     # Sample i starts at byte 2560 * i: jpg header (512), jpg data (700 -> 1024), txt header
     # (512), txt data (512). The sample being read when the archive breaks off is dropped.
     cuts = {
@@ -195,7 +210,16 @@ def test_tar_start_and_truncation():
 
 
 def test_unsupported_suffix_names_the_supported_ones():
-    assert SHARD_SUFFIXES == (".jsonl.gz", ".jsonl.zip", ".jsonl", ".zip", ".parquet", ".tar")
+    assert SHARD_SUFFIXES == (
+        ".jsonl.gz",
+        ".jsonl.zip",
+        ".jsonl",
+        ".json",
+        ".txt",
+        ".zip",
+        ".parquet",
+        ".tar",
+    )
     with pytest.raises(ValueError, match=r"\.jsonl\.gz.*\.parquet.*\.tar"):
         next(iter_records("data.csv", b"a,b\n", SkipCounter()))
     assert read("UPPER.JSONL", jsonl(GOOD[:1]))[0] == [(0, GOOD[0])]

@@ -1,21 +1,23 @@
-"""scripts/demo.py (`make demo`) end to end in its `--quick` mode: corpus, `accelerate launch`
-training, checkpoint loaded into a fresh model, captions of held-out images, loss curve."""
+"""scripts/demo.py (`make demo`, open_flamingo/demo/) end to end in its `--quick` mode: corpus,
+`accelerate launch` training, checkpoint loaded into a fresh model, captions of held-out images,
+loss curve."""
 
 import json
 import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 
-from conftest import REPO, load_module, load_script
+from conftest import REPO
+from open_flamingo.demo.captions import attributes, split_shots
+from open_flamingo.demo.launch import train_command
+from open_flamingo.demo.settings import FULL, QUICK, VISION_ENCODER
+from open_flamingo.demo.shapes_vision import pretrain_visual
 
 SCRIPT = REPO / "scripts" / "demo.py"
-
-
-def load_demo():
-    return load_module(SCRIPT)
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,7 @@ def quick_run(tmp_path_factory):
 
 def test_quick_demo_trains_checkpoints_and_captions(quick_run):
     out, stdout = quick_run
-    demo = load_demo()
-    settings = demo.QUICK
+    settings = QUICK
     run = out / "run"
 
     # every stage ran, in order
@@ -43,9 +44,7 @@ def test_quick_demo_trains_checkpoints_and_captions(quick_run):
     assert positions == sorted(positions)
     assert "accelerate.commands.launch" in stdout and "train_omnicorpus.py" in stdout
     # training reads the saved, shapes-pretrained vision encoder (captioning loads the same file)
-    vision = (
-        out / "vision" / f"{demo.VISION_ENCODER}-shapes{settings.vision_pretrain_steps}-seed0.pt"
-    )
+    vision = out / "vision" / f"{VISION_ENCODER}-shapes{settings.vision_pretrain_steps}-seed0.pt"
     assert vision.is_file() and f"--vision_encoder_pretrained {vision} " in stdout
     assert re.search(r"held-out accuracy: shape \d+%, color \d+%, size \d+%, position \d+%", stdout)
 
@@ -68,7 +67,7 @@ def test_quick_demo_trains_checkpoints_and_captions(quick_run):
 
     # the table: a header, then one row per held-out query image with its true caption
     items = json.loads((out / "corpus" / "eval" / "captions.json").read_text())
-    shots, queries = demo.split_shots(items, settings.num_captions)
+    shots, queries = split_shots(items, settings.num_captions)
     assert len(queries) == settings.num_captions
     assert not [item for item in queries if item in shots]
     prompt = "".join(f"<image>{shot['caption']}<|endofchunk|>" for shot in shots) + "<image>"
@@ -101,7 +100,6 @@ def test_pretraining_teaches_the_vision_tower_the_shapes():
 
     import open_flamingo.src.factory  # noqa: F401  (registers ViT-Tiny-16)
 
-    pretrain_visual = load_script("shapes_vision").pretrain_visual
     torch.manual_seed(0)
     clip, _, preprocess = open_clip.create_model_and_transforms("ViT-Tiny-16", pretrained=None)
     before = pretrain_visual(clip.visual, preprocess, steps=0, seed=0)
@@ -115,7 +113,6 @@ def test_pretraining_teaches_the_vision_tower_the_shapes():
 
 
 def test_attributes_read_from_captions():
-    attributes = load_demo().attributes
     assert attributes("a large red circle in the top left") == {
         "color": "red",
         "shape": "circle",
@@ -136,15 +133,14 @@ def test_attributes_read_from_captions():
 def test_two_process_training_is_real_ddp_on_cpu(tmp_path):
     """With 2 processes the launch is DDP over gloo (ACCELERATE_USE_CPU=1 + --multi_gpu); `--cpu
     --num_processes 2` would silently run one process."""
-    demo = load_demo()
-    settings = demo.replace(demo.FULL, processes=2)
+    settings = replace(FULL, processes=2)
     corpus = {
         "interleaved_shards": [str(tmp_path / "interleaved" / "shard-00000.jsonl")],
         "pair_shards": [str(tmp_path / "pairs" / "shard-00000.tar")],
         "image_prefix": str(tmp_path / "images"),
     }
     vision = tmp_path / "vision.pt"
-    command, env = demo.train_command(settings, tmp_path / "lm", vision, corpus, tmp_path)
+    command, env = train_command(settings, tmp_path / "lm", vision, corpus, tmp_path)
     assert env["ACCELERATE_USE_CPU"] == "1"
     assert "--multi_gpu" in command and "--cpu" not in command
     assert command[command.index("--num_processes") + 1] == "2"

@@ -1,9 +1,13 @@
-"""scripts/estimate_train_memory.py: the step's tensor memory on fake tensors."""
+"""scripts/estimate_train_memory.py (open_flamingo/benchmarks/train_memory.py): the step's tensor
+memory on fake tensors."""
 
 import pytest
 import torch
 
-from conftest import load_script
+from open_flamingo.benchmarks import train_memory, train_step
+from open_flamingo.src.factory import load_flamingo_tokenizer
+from open_flamingo.tools.paths import GPT_NEOX_TOKENIZER
+from open_flamingo.train.precision import cast_for_precision
 
 TINY = [
     "--lm", "tiny-mpt", "--vision_encoder_path", "ViT-Tiny-16",
@@ -13,14 +17,9 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def estimator(assets):
-    return load_script("estimate_train_memory")
-
-
-@pytest.fixture(scope="module")
-def estimates(estimator):
+def estimates(assets):
     return {
-        policy: estimator.main([*TINY, *flag])
+        policy: train_memory.main([*TINY, *flag])
         for policy, flag in (
             ("none", []),
             ("selective", ["--gradient_checkpointing", "selective"]),
@@ -30,12 +29,11 @@ def estimates(estimator):
     }
 
 
-def test_static_memory_is_weights_adamw_states_and_batches(estimator, estimates):
-    bench = load_script("benchmark_train")
-    args = bench.parse_args(TINY)
-    tokenizer = bench.load_flamingo_tokenizer(str(bench.GPT_NEOX_TOKENIZER))
-    model = bench.build_model(args, tokenizer, torch.device("meta"))
-    estimator.cast_for_precision(model, "amp_bf16")
+def test_static_memory_is_weights_adamw_states_and_batches(estimates):
+    args = train_step.parse_args(TINY)
+    tokenizer = load_flamingo_tokenizer(str(GPT_NEOX_TOKENIZER))
+    model = train_step.build_model(args, tokenizer, torch.device("meta"))
+    cast_for_precision(model, "amp_bf16")
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = [p for p in model.parameters() if p.requires_grad]
     adamw = sum(2 * p.numel() * 4 + 4 for p in trainable)  # exp_avg, exp_avg_sq, step
@@ -44,7 +42,7 @@ def test_static_memory_is_weights_adamw_states_and_batches(estimator, estimates)
         batch_bytes += batch * tokens * 8 * 3  # input_ids, attention_mask, labels (int64)
         batch_bytes += batch * images * 3 * 64 * 64 * 4  # float32 images
     expected = weights + adamw + batch_bytes
-    assert estimates["none"]["static_gib"] * estimator.GIB == expected
+    assert estimates["none"]["static_gib"] * train_memory.GIB == expected
 
 
 def test_checkpointing_lowers_the_estimated_peak(estimates):

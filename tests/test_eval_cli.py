@@ -228,6 +228,32 @@ def test_flag_errors(model_flags, eval_layouts, capsys):
         main([*model_flags, *flags, "--shots", "2"])
 
 
+def test_checkpoint_of_another_cross_attention_interval_stops_the_evaluation(
+    tmp_path, eval_layouts, model_flags
+):
+    """The checkpoint has a block before every layer; a model with one every 2nd layer would
+    evaluate untrained blocks (CIDEr 0.0, exit 0): the CLI stops before evaluating instead."""
+    flags = [*model_flags, *path_flags(eval_layouts, ["coco"]), "--shots", "0"]
+    flags[flags.index("--cross_attn_every_n_layers") + 1] = "2"
+    done = subprocess.run(
+        [sys.executable, "-m", "open_flamingo.eval.evaluate", *flags],
+        cwd=tmp_path,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0
+    assert (
+        f"--checkpoint_path {model_flags[model_flags.index('--checkpoint_path') + 1]}"
+        in done.stderr
+    )
+    assert "sit before decoder layers 0, 1, 2, 3 (cross_attn_every_n_layers=1)" in done.stderr
+    assert "(cross_attn_every_n_layers=2, 4 decoder layers)" in done.stderr
+    assert "--cross_attn_every_n_layers 1" in done.stderr
+    assert "Evaluating on" not in done.stdout
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

@@ -6,6 +6,7 @@ import random
 import shutil
 
 import fake_nltk
+import numpy as np
 import pytest
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -13,6 +14,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from conftest import require
+from open_flamingo.eval.classification import roc_auc
 from open_flamingo.eval.coco_metric import compute_cider, postprocess_captioning_generation
 from open_flamingo.eval.ok_vqa_utils import (
     MANUAL_STEMS,
@@ -474,3 +476,29 @@ def test_ptb_tokenizer_prerequisites_have_clear_errors(monkeypatch):
     monkeypatch.setattr(coco_metric.os, "access", lambda path, mode: False)
     with pytest.raises(RuntimeError, match="temporary file beside its module.*not writable"):
         coco_metric.check_ptb_tokenizer()
+
+
+# ---------------------------------------------------------------- ROC AUC (Hateful Memes)
+def mann_whitney_auc(labels, scores):
+    """The reference: the fraction of (positive, negative) pairs ranked right, ties half."""
+    positives = [s for label, s in zip(labels, scores, strict=True) if label]
+    negatives = [s for label, s in zip(labels, scores, strict=True) if not label]
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def test_roc_auc_by_hand_and_against_the_pair_count():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert roc_auc([0, 1], [0.5, 0.5]) == 0.5  # a tie counts half
+    assert roc_auc([1, 0, 1], [0.9, 0.1, 0.2]) == 1.0
+    generator = np.random.default_rng(0)
+    for _ in range(20):
+        labels = generator.integers(0, 2, 40)
+        labels[:2] = [0, 1]
+        scores = generator.integers(0, 8, 40) / 8  # many ties
+        assert roc_auc(labels, scores) == pytest.approx(mann_whitney_auc(labels, scores), abs=1e-12)
+
+
+def test_roc_auc_of_one_class_is_nan_not_an_error(caplog):
+    assert np.isnan(roc_auc([1, 1, 1], [0.2, 0.5, 0.9]))
+    assert "single class" in caplog.text

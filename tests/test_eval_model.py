@@ -88,3 +88,28 @@ def test_class_scores_in_small_chunks(eval_model, monkeypatch):
     monkeypatch.setattr(module, "CLASS_SCORING_BYTES", 1)
     chunked = eval_model.get_rank_classifications(PROMPTS, IMAGES, names)
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_class_chunks_of_any_size_need_no_padding_and_media_are_cached_once(
+    eval_model, monkeypatch
+):
+    """5 names in chunks of 2: the last chunk holds one name (no padding with repeats), and the
+    names' media are cached once for all chunks (not re-cached after the prompts' pass)."""
+    import open_flamingo.eval.eval_model as module
+
+    names = ["cat", "a dog", "x", "tench fish", "owl"]
+    whole = eval_model.get_rank_classifications(PROMPTS, IMAGES, names)
+    batches, cached = [], []
+    model = eval_model.model
+    monkeypatch.setattr(module, "classes_per_chunk", lambda *_: 2)
+    cache_media = model.cache_media
+    monkeypatch.setattr(
+        model, "cache_media", lambda *a, **k: cached.append(1) or cache_media(*a, **k)
+    )
+    model.lang_encoder.register_forward_pre_hook(
+        lambda _, args, kwargs: batches.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    chunked = eval_model.get_rank_classifications(PROMPTS, IMAGES, names)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    assert batches == [3, 3 * 2, 3 * 2, 3 * 1]  # the prompts, then (query, name) rows
+    assert cached == [1]

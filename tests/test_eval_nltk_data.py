@@ -1,16 +1,12 @@
-"""scripts/setup_nltk_data.py: the offline WordNet copy for nltk."""
+"""scripts/setup_nltk_data.py (open_flamingo/tools/setup_nltk_data.py): the offline WordNet copy
+for nltk."""
 
 import pytest
 
-from conftest import load_script
+from open_flamingo.tools import setup_nltk_data
 
 
-@pytest.fixture(scope="module")
-def setup_nltk_data():
-    return load_script("setup_nltk_data")
-
-
-def test_lexnames_file(setup_nltk_data):
+def test_lexnames_file():
     lines = setup_nltk_data.lexnames_text().splitlines()
     assert len(lines) == 45
     assert lines[0] == "00\tadj.all\t3"
@@ -22,7 +18,7 @@ def test_lexnames_file(setup_nltk_data):
     assert [line.split("\t")[0] for line in lines] == [f"{n:02d}" for n in range(45)]
 
 
-def test_copies_files_and_is_idempotent(setup_nltk_data, tmp_path):
+def test_copies_files_and_is_idempotent(tmp_path):
     source = tmp_path / "wordnet"
     source.mkdir()
     for name in setup_nltk_data.REQUIRED + ["index.sense"]:
@@ -41,7 +37,7 @@ def test_copies_files_and_is_idempotent(setup_nltk_data, tmp_path):
     assert (target / "data.noun").read_text() == "a newer, longer data.noun\n"
 
 
-def test_missing_source(setup_nltk_data, tmp_path, capsys):
+def test_missing_source(tmp_path, capsys):
     with pytest.raises(SystemExit, match="apt-get install wordnet-base wordnet-sense-index"):
         setup_nltk_data.install_wordnet(tmp_path, tmp_path / "out")
     setup_nltk_data.main(

@@ -8,10 +8,10 @@ import torch
 from eval_cli_fixtures import *  # noqa: F403 (fixtures)
 from eval_layouts import NUM_TRAIN, path_flags
 
-from conftest import load_script
 from open_flamingo.eval.captioning import load_captioning_data
 from open_flamingo.eval.evaluate import main
 from open_flamingo.eval.rices import RICES, clip_image_encoder, compute_features
+from open_flamingo.tools import cache_rices_features
 
 
 def test_finds_the_most_similar_known_features():
@@ -51,10 +51,6 @@ def test_clip_features_find_the_image_itself(eval_layouts, tiny_clip):
     assert all(row[0] != row[1] for row in found)
 
 
-def load_cache_script():
-    return load_script("cache_rices_features")
-
-
 def test_cached_features_give_the_same_demonstrations(
     tmp_path, eval_layouts, model_flags, model_calls
 ):
@@ -62,7 +58,7 @@ def test_cached_features_give_the_same_demonstrations(
     --cached_demonstration_features shows the same demonstrations, the most similar last."""
     keys = ["coco", "hateful_memes"]
     clip = ["--vision_encoder_path", "ViT-Tiny-16", "--vision_encoder_pretrained", "none"]
-    written = load_cache_script().main(
+    written = cache_rices_features.main(
         ["--output_dir", str(tmp_path / "features"), *clip, "--batch_size", "4",
          *path_flags(eval_layouts, keys)]
     )  # fmt: skip
@@ -108,5 +104,5 @@ def test_cached_features_give_the_same_demonstrations(
 
 def test_cache_script_refuses_a_batch_size_below_1(capsys):
     with pytest.raises(SystemExit):
-        load_cache_script().parse_args(["--output_dir", "f", "--eval_coco", "--batch_size", "0"])
+        cache_rices_features.parse_args(["--output_dir", "f", "--eval_coco", "--batch_size", "0"])
     assert "--batch_size must be >= 1" in capsys.readouterr().err

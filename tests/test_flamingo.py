@@ -210,6 +210,104 @@ def test_bad_vision_shapes_are_explained(make_flamingo):
         model(torch.randn(1, 1, 2, 3, IMAGE_SIZE, IMAGE_SIZE), ids)
 
 
+TWO_IMAGES = "<image>a cat<|endofchunk|><image>a dog"
+
+
+def test_more_image_tokens_than_images_is_refused_everywhere(make_flamingo):
+    model, _, tokenizer = make_flamingo("mpt")
+    rows = tokenizer(["<image>one", TWO_IMAGES], return_tensors="pt", padding=True).input_ids
+    refused = r"Row\(s\) \[1\] of the text hold up to 2 <image> tokens, but vision_x has 1 image"
+    with pytest.raises(ValueError, match=refused):
+        model(images(2, 1), rows)
+    with pytest.raises(ValueError, match=refused):
+        model.generate(images(2, 1), rows, max_new_tokens=2)
+    with pytest.raises(ValueError, match=refused):
+        model.cache_media(input_ids=rows, vision_x=images(2, 1))
+    model.cache_media(input_ids=rows[:1], vision_x=images(1, 1))
+    with pytest.raises(ValueError, match=r"but the media cached by cache_media has 1 image"):
+        model(None, rows[1:])
+    model.uncache_media()
+
+
+def test_more_images_than_image_tokens_stays_legal(make_flamingo):
+    """Training pads every row to the same number of images; padding images are never seen."""
+    model, tokenizer = open_model(make_flamingo, "mpt")
+    ids = tokenizer([TWO_IMAGES], return_tensors="pt").input_ids
+    vision = images(1, 4, dtype=torch.float64)
+    with torch.no_grad():
+        padded = model(vision, ids).logits
+        exact = model(vision[:, :2], ids).logits
+    torch.testing.assert_close(padded, exact, rtol=0, atol=1e-12)  # float64: more masked keys
+
+
+def test_vision_batch_must_be_the_text_batch(make_flamingo):
+    model, _, tokenizer = make_flamingo("mpt")
+    ids = tokenizer(["<image>a", "<image>b"], return_tensors="pt").input_ids
+    with pytest.raises(ValueError, match="vision_x has 1 rows of images but lang_x has 2 rows"):
+        model(images(1, 1), ids)  # was: the one image silently served both rows
+    with pytest.raises(ValueError, match="vision_x has 1 rows"):
+        model.cache_media(input_ids=ids, vision_x=images(1, 1))
+    # generate repeats the images per beam itself: a batch already repeated is refused
+    with pytest.raises(ValueError, match="vision_x has 6 rows .* repeats them per beam"):
+        model.generate(images(6, 1), ids, num_beams=3, max_new_tokens=2)
+
+
+def test_text_scored_against_cached_media_takes_k_rows_per_media_row(make_flamingo):
+    model, tokenizer = open_model(make_flamingo, "mpt")
+    context = tokenizer(["<image>a cat is", "<image>a dog is"], return_tensors="pt").input_ids
+    vision = images(2, 1, dtype=torch.float64)
+    names = tokenizer([" red", " big", " red", " big"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        full = model(
+            vision.repeat_interleave(2, dim=0),
+            torch.cat([context.repeat_interleave(2, dim=0), names], 1),
+        ).logits
+        model.cache_media(input_ids=context, vision_x=vision)
+        scored = model(
+            None,
+            torch.cat([context.repeat_interleave(2, dim=0), names], 1),
+            clear_conditioned_layers=False,
+        ).logits
+        model.uncache_media()
+        model.cache_media(input_ids=context, vision_x=vision)
+        with pytest.raises(ValueError, match="3 rows of text for 2 rows of media"):
+            model(None, names[:3], clear_conditioned_layers=False)
+        model.uncache_media()
+    torch.testing.assert_close(scored, full, rtol=0, atol=1e-12)
+
+
+def test_cached_media_score_text_batches_of_any_size_one_after_another(make_flamingo):
+    """k text rows per media row, k changing from call to call (class-name chunks of any size),
+    each scored as the full forward scores it; the caller's images are left as they were."""
+    model, tokenizer = open_model(make_flamingo, "mpt")
+    context = tokenizer(["<image>a cat is", "<image>a dog is"], return_tensors="pt").input_ids
+    vision = images(2, 1, dtype=torch.float64)
+    given = vision.clone()
+    batches = []
+    for k in (2, 3, 1):
+        names = tokenizer([" red", " big", " old"][:k] * 2, return_tensors="pt").input_ids
+        batches.append((k, torch.cat([context.repeat_interleave(k, dim=0), names], 1)))
+    with torch.no_grad():
+        full = [model(vision.repeat_interleave(k, dim=0), lang_x).logits for k, lang_x in batches]
+        model.cache_media(input_ids=context, vision_x=vision)
+        scored = [model(None, x, clear_conditioned_layers=False).logits for _, x in batches]
+        model.uncache_media()
+    for ours, expected in zip(scored, full, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+    assert torch.equal(vision, given)
+
+
+def test_generation_counts_image_tokens_once_not_per_step(make_flamingo, monkeypatch):
+    """The <image> count reads a number back from the device: at the prompt, never per token."""
+    model, tokenizer = open_model(make_flamingo, "mpt", dtype=torch.float32)
+    calls = []
+    check = Flamingo._check_image_tokens
+    monkeypatch.setattr(Flamingo, "_check_image_tokens", lambda *a: calls.append(1) or check(*a))
+    ids = tokenizer([TWO_IMAGES] * 2, return_tensors="pt").input_ids
+    out = model.generate(images(2, 2), ids, num_beams=2, min_new_tokens=6, max_new_tokens=6)
+    assert out.shape[1] == ids.shape[1] + 6 and len(calls) == 1
+
+
 def test_unknown_family_needs_decoder_layers_attr_name(make_flamingo):
     vision = make_flamingo("mpt")[0].vision_encoder
     lm = AutoModelForCausalLM.from_config(
@@ -285,9 +383,9 @@ def test_generation_computes_the_media_keys_values_once(num_beams, make_flamingo
     cached = model.generate(images(2, 2), ids, **settings)
     assert len(calls) == len(blocks)  # the prompt step only, not once per new token
 
-    from open_flamingo.src.flamingo_lm import MediaConditioning
+    from open_flamingo.src.media import MediaSession
 
-    monkeypatch.setattr(MediaConditioning, "media_kv_cache", lambda self: None)
+    monkeypatch.setattr(MediaSession, "_keeps_keys_values", lambda self: False)
     calls.clear()
     recomputed = model.generate(images(2, 2), ids, **settings)
     assert len(calls) == 6 * len(blocks)
@@ -331,7 +429,7 @@ def test_static_decoding_keeps_its_buffers_in_place_within_and_across_calls(make
         layer = kwargs["cache"].layers[0]
         if kwargs["input_ids"].shape[1] == 1:  # decoding steps
             # the tensors themselves: held here, a new one could not reuse a freed address
-            buffers.append((layer.keys, layer.values, model._conditioning.image_count))
+            buffers.append((layer.keys, layer.values, model._media.session.image_count))
 
     model.lang_encoder.register_forward_pre_hook(record, with_kwargs=True)
     settings = dict(num_beams=3, min_new_tokens=6, max_new_tokens=6)
@@ -364,10 +462,14 @@ def test_compiled_decoding_is_one_graph_with_the_eager_tokens(family, make_flami
     # fullgraph (the default): any graph break fails. aot_eager traces what inductor would
     # compile, without its code generation; CUDA graphs need a GPU (docs/benchmarks.md).
     compile_for_decoding(model.lang_encoder, backend="aot_eager", mode=None)
+    assert "forward" not in vars(model.lang_encoder)  # the LM's own forward, not replaced
     for _ in range(2):  # the second call reuses the graph: no recompilation
         compiled = generate_on(model, batch, cache_implementation="static", **settings)
         assert torch.equal(compiled, eager)
         assert counters["stats"]["unique_graphs"] == 1  # every decoding step; the prompt eager
+    with torch.no_grad():  # any other call stays eager: nothing more is compiled
+        model(images(2, 2), batch.input_ids, batch.attention_mask)
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_generation_under_inference_mode_then_without_it(make_flamingo):
@@ -376,7 +478,7 @@ def test_generation_under_inference_mode_then_without_it(make_flamingo):
     settings = dict(min_new_tokens=3, max_new_tokens=3)
     with torch.inference_mode():
         first = model.generate(images(1, 2), ids, **settings)
-    assert model._conditioning.count_buffer.is_inference()
+    assert model._image_counts.tensor.is_inference()
     second = model.generate(images(1, 2), ids, **settings)  # may not write an inference tensor
     assert torch.equal(first, second)
 

@@ -1,5 +1,5 @@
-"""The trainer's FSDP2 code (open_flamingo/train/fsdp.py, and the checkpoint save / resume that
-uses it) on CPU: 2 processes over gloo, the model sharded with torch's `fully_shard`, against a
+"""The trainer's FSDP2 backend (open_flamingo/train/backend/fsdp2.py, and the checkpoint save /
+resume that uses it) on CPU: 2 processes over gloo, the model sharded with torch's `fully_shard`, against a
 plain copy (tests/fsdp_probe.py). accelerate makes FSDP only on GPUs;
 scripts/gpu_training_runs.py runs the fsdp config end to end on one."""
 

@@ -1,32 +1,28 @@
-"""Shard specs and manifests: scripts/make_manifest.py and open_flamingo.data.manifest, on local
-disk and on a real Ceph RGW."""
+"""Shard specs and manifests: scripts/make_manifest.py (open_flamingo/tools/make_manifest.py) and
+open_flamingo.data.manifest, on local disk and on a real Ceph RGW."""
 
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from test_data_loader import fingerprint
 
-from conftest import REPO, load_script
+from conftest import REPO
 from open_flamingo.data import storage
+from open_flamingo.data.config import CorpusConfig
 from open_flamingo.data.loader import get_data
 from open_flamingo.data.manifest import build_manifest, count_records, is_shard, resolve_shards
 from open_flamingo.data.synthetic import write_synthetic_corpus
+from open_flamingo.tools import make_manifest
 
 NUM_DOCS, DOCS_PER_SHARD = 10, 4  # shards of 4, 4 and 2 docs
 NUM_PAIRS, PAIRS_PER_SHARD = 6, 4  # tars of 4 and 2 pairs
 # The bad shard: two good docs, then one bad line of each kind, the last one cut off.
 BAD_LINES = [b"{not json", b"[1, 2]", b'{"texts": ["\xff\xfe"]}', b'{"images": [nu']
 BAD_SKIPS = {"invalid_json": 1, "schema": 1, "non_utf8": 1, "truncated_shard": 1}
-
-
-@pytest.fixture(scope="module")
-def make_manifest():
-    return load_script("make_manifest")
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +97,7 @@ def test_cli_counts_the_records_of_each_shard_and_reports_bad_lines(corpus, tmp_
     assert lines[-1] == f"wrote {out}"
 
 
-def test_cli_without_out_prints_the_manifest(corpus, make_manifest, capsys):
+def test_cli_without_out_prints_the_manifest(corpus, capsys):
     assert make_manifest.main([f"{corpus}/pairs", "--threads", "1"]) == 0
     captured = capsys.readouterr()
     manifest = json.loads(captured.out)
@@ -122,7 +118,7 @@ def test_relative_spec_gives_absolute_shard_paths(corpus, monkeypatch):
     assert [e["uri"] for e in manifest["shards"]] == shard_files(corpus, "interleaved")
 
 
-def test_unreadable_shard_is_listed_with_its_error(corpus, make_manifest, tmp_path, capsys):
+def test_unreadable_shard_is_listed_with_its_error(corpus, tmp_path, capsys):
     out = tmp_path / "m.json"
     spec = f"{corpus}/interleaved/shard-0000{{0,7}}.jsonl"  # shard 7 does not exist
     assert make_manifest.main([spec, "--out", str(out)]) == 1
@@ -135,7 +131,7 @@ def test_unreadable_shard_is_listed_with_its_error(corpus, make_manifest, tmp_pa
     assert "shard-00007.jsonl: UNREADABLE" in capsys.readouterr().out
 
 
-def test_cli_refuses_bad_arguments(corpus, make_manifest, capsys):
+def test_cli_refuses_bad_arguments(corpus, capsys):
     with pytest.raises(SystemExit) as exit_info:
         make_manifest.main([str(corpus), "--threads", "0"])
     assert exit_info.value.code == 2
@@ -158,7 +154,7 @@ def test_count_records_of_each_container(corpus):
 # ---------------------------------------------------------------- resolve_shards
 
 
-def test_resolve_shards_accepts_every_kind_of_spec(corpus, make_manifest, tmp_path):
+def test_resolve_shards_accepts_every_kind_of_spec(corpus, tmp_path):
     docs, pairs = shard_files(corpus, "interleaved"), shard_files(corpus, "pairs")
     assert resolve_shards(str(corpus / "interleaved")) == docs
     assert resolve_shards(corpus / "interleaved") == docs  # a Path too
@@ -197,7 +193,7 @@ def test_a_part_of_a_spec_that_names_no_shard_is_refused(corpus, tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "no-shards.json").write_text('{"shards": []}')
     docs = f"{corpus}/interleaved"
-    for typo in (f"{corpus}/interleavd", f"{corpus}/notes.txt", str(tmp_path / "no-shards.json")):
+    for typo in (f"{corpus}/interleavd", f"{corpus}/notes.md", str(tmp_path / "no-shards.json")):
         with pytest.raises(ValueError, match=f"No shards found for '{typo}' \\(in "):
             resolve_shards(f"{docs}::{typo}")
     with pytest.raises(ValueError, match=f"No shards found for '{tmp_path}/empty' \\(in "):
@@ -210,7 +206,8 @@ def test_json_that_is_not_a_manifest_is_refused(corpus, tmp_path):
     (tmp_path / "broken.json").write_text('{"shards": [')
     with pytest.raises(ValueError, match="invalid JSON"):
         resolve_shards(str(tmp_path / "broken.json"))
-    (tmp_path / "deep.json").write_text("[" * 5000 + "]" * 5000)  # RecursionError in json.loads
+    # RecursionError in json.loads (a .json holding an array is a shard: OmniCorpus's own form)
+    (tmp_path / "deep.json").write_text('{"shards": ' + "[" * 5000 + "]" * 5000 + "}")
     with pytest.raises(ValueError, match="deep.json is not a shard manifest: invalid JSON"):
         resolve_shards(str(tmp_path / "deep.json"))
     with pytest.raises(storage.StorageError):
@@ -225,37 +222,36 @@ def test_shard_suffixes_are_case_insensitive():
 # ---------------------------------------------------------------- get_data, local and RGW
 
 
-def args_for(docs_spec: str, pairs_spec: str, image_prefix: str) -> SimpleNamespace:
-    return SimpleNamespace(
-        omnicorpus_shards=docs_spec,
-        omnicorpus_image_prefix=image_prefix,
-        laion_shards=pairs_spec,
-        batch_size_interleaved=2,
-        batch_size_laion=2,
-        max_tokens_interleaved=128,
-        max_tokens_laion=32,
-        train_num_samples_interleaved=NUM_DOCS,
-        train_num_samples_laion=NUM_PAIRS,
-        workers=0,
-        seed=0,
-        dataset_resampled=False,
-        world_size=1,
-        rank=0,
-    )
+def corpora_for(docs_spec: str, pairs_spec: str, image_prefix: str) -> dict[str, CorpusConfig]:
+    """The documents ("omnicorpus") and the pairs ("laion"), in batches of 2, one pass each."""
+    shared = dict(batch_size=2, workers=0)
+    return {
+        "omnicorpus": CorpusConfig(
+            dataset_type="omnicorpus",
+            shards=docs_spec,
+            image_prefix=image_prefix,
+            max_tokens=128,
+            num_samples=NUM_DOCS,
+            **shared,
+        ),
+        "laion": CorpusConfig(
+            dataset_type="laion", shards=pairs_spec, max_tokens=32, num_samples=NUM_PAIRS, **shared
+        ),
+    }
 
 
-def stream(args, tokenizer, image_processor, dataset_type, root: str) -> list:
-    loader = get_data(args, image_processor, tokenizer, dataset_type).dataloader
+def stream(corpora, tokenizer, image_processor, dataset_type, root: str) -> list:
+    loader = get_data(corpora[dataset_type], image_processor, tokenizer).dataloader
     return [([k.removeprefix(root) for k in b["keys"]], fingerprint(b)) for b in loader]
 
 
-def test_get_data_reads_a_manifest_as_its_folder(corpus, make_manifest, tokenizer, image_processor):
+def test_get_data_reads_a_manifest_as_its_folder(corpus, tokenizer, image_processor):
     docs_manifest, pairs_manifest = corpus / "docs.json", corpus / "pairs.json"
     assert make_manifest.main([str(corpus / "interleaved"), "--out", str(docs_manifest)]) == 0
     assert make_manifest.main([str(corpus / "pairs"), "--out", str(pairs_manifest)]) == 0
     images = str(corpus / "images")
-    by_folder = args_for(str(corpus / "interleaved"), str(corpus / "pairs"), images)
-    by_manifest = args_for(str(docs_manifest), str(pairs_manifest), images)
+    by_folder = corpora_for(str(corpus / "interleaved"), str(corpus / "pairs"), images)
+    by_manifest = corpora_for(str(docs_manifest), str(pairs_manifest), images)
     for dataset_type, n in (("omnicorpus", NUM_DOCS), ("laion", NUM_PAIRS)):
         expected = stream(by_folder, tokenizer, image_processor, dataset_type, "")
         assert len(expected) == n // 2
@@ -263,7 +259,7 @@ def test_get_data_reads_a_manifest_as_its_folder(corpus, make_manifest, tokenize
         assert stream(by_manifest, tokenizer, image_processor, dataset_type, "") == expected
 
 
-def test_manifest_on_s3(corpus, make_manifest, tokenizer, image_processor, s3_bucket, capsys):
+def test_manifest_on_s3(corpus, tokenizer, image_processor, s3_bucket, capsys):
     remote = f"{s3_bucket}/data"
     for path in corpus.rglob("*"):
         if path.is_file() and path.suffix != ".json":  # no local manifests / summary
@@ -295,7 +291,7 @@ def test_manifest_on_s3(corpus, make_manifest, tokenizer, image_processor, s3_bu
     # get_data on the S3 manifest gives the batches of the local folder
     docs_only = f"{remote}/manifests/only-docs.json"
     assert make_manifest.main([f"{remote}/interleaved", "--out", docs_only]) == 0
-    local = args_for(str(corpus / "interleaved"), "", str(corpus / "images"))
-    from_s3 = args_for(docs_only, "", f"{remote}/images")
+    local = corpora_for(str(corpus / "interleaved"), "", str(corpus / "images"))
+    from_s3 = corpora_for(docs_only, "", f"{remote}/images")
     expected = stream(local, tokenizer, image_processor, "omnicorpus", str(corpus))
     assert stream(from_s3, tokenizer, image_processor, "omnicorpus", remote) == expected

@@ -8,18 +8,26 @@ from transformers import AutoModelForCausalLM
 
 from open_flamingo.src import mpt_attention
 from open_flamingo.src.mpt_attention import use_sdpa_for_mpt
+from open_flamingo.src.mpt_norms import apply_mpt_norms
 from tiny_models import lm_config
 
 LENGTH = 20
 PADDING = [0, 5, 12]  # left padding per row
 
 
-@pytest.fixture
-def models():
+@pytest.fixture(params=[False, True], ids=["plain", "qk_ln"])
+def models(request):
+    """(eager, SDPA) copies of one random MPT, with QK-LayerNorm (random weights) or without."""
     torch.manual_seed(0)
     config = lm_config("mpt", num_layers=3)
     config.max_seq_len = 512
+    config.attn_config.qk_ln = request.param
     eager = AutoModelForCausalLM.from_config(config)
+    apply_mpt_norms(eager)
+    with torch.no_grad():
+        for name, parameter in eager.named_parameters():
+            if "_ln." in name:
+                parameter.copy_(1 + 0.3 * torch.randn_like(parameter))
     fast = copy.deepcopy(eager)
     assert use_sdpa_for_mpt(fast) == 3
     return eager, fast
@@ -111,6 +119,20 @@ def test_bfloat16_autocast_stays_close_to_float32(models):
     real = mask.bool()
     similarity = torch.nn.functional.cosine_similarity(half[real], full[real], dim=-1)
     assert similarity.min() > 0.999
+
+
+def test_attention_modules_are_registered_in_place_with_the_same_keys(models):
+    """Explicit modules in place of transformers' MptAttention: the checkpoint keys, parameters
+    and module classes around them stay; no module has its forward replaced."""
+    eager, fast = models
+    assert list(fast.state_dict()) == list(eager.state_dict())
+    assert all(
+        torch.equal(a, b) for a, b in zip(fast.parameters(), eager.parameters(), strict=True)
+    )
+    attention = [block.attn for block in fast.transformer.blocks]
+    assert all(isinstance(a, mpt_attention.SdpaMptAttention) for a in attention)
+    assert len({id(a.shared_mask) for a in attention}) == 1  # one mask per call for all layers
+    assert not any("forward" in vars(m) for model in models for m in model.modules())
 
 
 def test_other_families_are_left_alone(tiny_lm_dirs):

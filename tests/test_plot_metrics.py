@@ -1,5 +1,5 @@
-"""scripts/plot_metrics.py: a metrics.jsonl (also of a resumed run) -> a PNG loss curve; bad input
-fails with a clear message."""
+"""scripts/plot_metrics.py (open_flamingo/tools/plot_metrics.py): a metrics.jsonl (also of a
+resumed run) -> a PNG loss curve; bad input fails with a clear message."""
 
 import json
 import subprocess
@@ -8,7 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
-from conftest import REPO, load_script
+from conftest import REPO
+from open_flamingo.tools import plot_metrics
 
 SCRIPT = REPO / "scripts" / "plot_metrics.py"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -62,7 +63,6 @@ def test_plots_a_valid_png_of_a_resumed_run(tmp_path):
 
 
 def test_last_row_of_a_repeated_step_wins_and_default_output(tmp_path):
-    plot_metrics = load_script("plot_metrics")
     metrics = write_metrics(tmp_path / "metrics.jsonl", resumed_run_rows())
     series = plot_metrics.load_series(metrics)
     assert series["loss"] == ([10, 20, 30, 40], [4.0, 3.0, 3.0, 2.5])
@@ -75,7 +75,6 @@ def test_last_row_of_a_repeated_step_wins_and_default_output(tmp_path):
 
 
 def test_only_the_total_loss_is_enough(tmp_path):
-    plot_metrics = load_script("plot_metrics")
     metrics = write_metrics(tmp_path / "metrics.jsonl", [row(1, 3.0), row(2, 2.0)])
     assert set(plot_metrics.load_series(metrics)) == {"loss"}
     out = plot_metrics.main([str(metrics), "-o", str(tmp_path / "l.png")])
@@ -96,7 +95,6 @@ def test_only_the_total_loss_is_enough(tmp_path):
     ids=["missing", "empty", "blank", "truncated", "no-step", "no-loss", "nan-loss"],
 )
 def test_bad_input_fails_clearly(tmp_path, capsys, content, message):
-    plot_metrics = load_script("plot_metrics")
     metrics = tmp_path / "metrics.jsonl"
     if content is not None:
         metrics.write_text(content)
@@ -124,6 +122,6 @@ def test_unwritable_output_fails_clearly(tmp_path, capsys):
     metrics = tmp_path / "metrics.jsonl"
     write_metrics(metrics, [row(1, 2.0), row(2, 1.5)])
     with pytest.raises(SystemExit) as exit_info:
-        load_script("plot_metrics").main([str(metrics), "-o", str(tmp_path)])  # a folder
+        plot_metrics.main([str(metrics), "-o", str(tmp_path)])  # a folder
     assert exit_info.value.code == 2
     assert f"error: cannot write {tmp_path}: " in capsys.readouterr().err

@@ -28,7 +28,7 @@ def test_readme_usage_runs_as_written(
     tmp_path, monkeypatch, tiny_lm_dirs, byte_tokenizer_dir, capsys
 ):
     blocks = usage_blocks()
-    assert len(blocks) == 3  # initialise, load released weights, generate
+    assert len(blocks) == 5  # initialise, load released weights, generate, score, save
     # a "released" checkpoint: trainable weights of another model of the same architecture
     released, _, _ = build_flamingo(
         tiny_lm_dirs["gpt_neox"], byte_tokenizer_dir, seed=7, cross_attn_every_n_layers=2
@@ -46,16 +46,34 @@ def test_readme_usage_runs_as_written(
     monkeypatch.chdir(tmp_path)
 
     namespace = {}
-    for block in blocks:
+    for index, block in enumerate(blocks):
         for hub_name, local in HUB_NAMES.items():
             block = block.replace(hub_name, local.format(**paths))
         assert "togethercomputer" not in block and "openai" not in block
+        if index == 4:  # the last block rebinds `model` to the reloaded one
+            model = namespace["model"]
         exec(compile(block, "README.md", "exec"), namespace)
 
-    model = namespace["model"]
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in checkpoint.items())
     generated, prompt = namespace["generated"], namespace["prompt"]
     assert torch.equal(generated[0, : prompt["input_ids"].shape[1]], prompt["input_ids"][0])
     assert generated.shape[1] > prompt["input_ids"].shape[1]
     assert "Generated text:" in capsys.readouterr().out
+
+    # the cached-media scores equal each continuation scored in one uncached forward
+    prompt_ids, vision_x = prompt["input_ids"], namespace["vision_x"]
+    tokenizer = namespace["tokenizer"]
+    for continuation, score in namespace["scores"].items():
+        ids = tokenizer(continuation, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = model(vision_x, torch.cat([prompt_ids, ids], dim=1)).logits
+        n = ids.shape[1]
+        expected = logits[:, -n - 1 : -1].log_softmax(-1).gather(-1, ids[..., None]).sum()
+        assert abs(score - expected.item()) < 1e-4, continuation
+    # the reloaded model is the saved one
+    assert (tmp_path / "my-flamingo" / "open_flamingo_config.json").is_file()
+    reloaded = namespace["model"]
+    assert reloaded is not model
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], tensor), key

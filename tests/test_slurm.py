@@ -1,5 +1,5 @@
 """scripts/slurm/train_omnicorpus.sbatch on a real Slurm: a controller and two simulated nodes on
-this machine (scripts/slurm_cluster.py), submitted to with `sbatch --wait` as a user would."""
+this machine (tests/support/slurm_cluster.py), submitted to with `sbatch --wait` as a user would."""
 
 import json
 import math
@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from byte_tokenizer import save_byte_tokenizer
 from conftest import REPO
 from open_flamingo.data.synthetic import write_synthetic_corpus
+from open_flamingo.tools.byte_tokenizer import save_byte_tokenizer
+from support.slurm_cluster import SlurmCluster
 from tiny_models import VISION_ENCODER, save_tiny_lm
 
 SBATCH = REPO / "scripts" / "slurm" / "train_omnicorpus.sbatch"
@@ -41,7 +42,8 @@ def sbatch(slurm, log: Path, args: list[str], env: dict | None = None, timeout: 
     )
     submitted = re.search(r"Submitted batch job (\d+)", result.stdout)
     assert submitted, f"sbatch did not submit:\n{result.stdout}{result.stderr}"
-    text = log.read_text() if log.exists() else "(no job log)"
+    # several ranks write to the one log: a character may be cut by another rank's line
+    text = log.read_text(errors="replace") if log.exists() else "(no job log)"
     print(f"--- job {submitted[1]} exited with {result.returncode}; its log: ---\n{text}")
     return result.returncode, int(submitted[1]), text
 
@@ -65,11 +67,15 @@ def test_cluster_runs_a_task_on_each_node_at_once(slurm):
     assert sorted(step.stdout.split("\n")[:2]) == ["node1 0", "node2 1"]
 
 
-def test_cli_stop_ends_daemons_and_running_jobs(slurm_cluster_module, tmp_path):
-    cluster = slurm_cluster_module.SlurmCluster(tmp_path / "cluster")
-    cli = [sys.executable, str(REPO / "scripts" / "slurm_cluster.py")]
+def test_cli_stop_ends_daemons_and_running_jobs(slurm_installed, tmp_path):
+    cluster = SlurmCluster(tmp_path / "cluster")
+    cli = [sys.executable, "-m", "tests.support.slurm_cluster"]  # from the repository root
     started = subprocess.run(
-        [*cli, "start", "--dir", str(cluster.root)], capture_output=True, text=True, timeout=60
+        [*cli, "start", "--dir", str(cluster.root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert started.returncode == 0, started.stdout + started.stderr
     try:
@@ -88,7 +94,11 @@ def test_cli_stop_ends_daemons_and_running_jobs(slurm_cluster_module, tmp_path):
         assert job_pid in running and len(running) >= 6
     finally:
         stopped = subprocess.run(
-            [*cli, "stop", "--dir", str(cluster.root)], capture_output=True, text=True, timeout=60
+            [*cli, "stop", "--dir", str(cluster.root)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert cluster.processes() == []

@@ -1,15 +1,12 @@
 """open_flamingo.data.storage on local paths, and on S3 against a real Ceph RADOS Gateway
-(tests/ceph_fixtures.py): round trips, pagination, streaming, profiles, error classes,
-concurrent fetching, and outages of the gateway."""
+(tests/ceph_fixtures.py): round trips, pagination, sizes, profiles, error classes, concurrent
+fetching, and outages of the gateway."""
 
-import gzip
-import io
 import multiprocessing
 import pickle
 import socket
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,18 +47,12 @@ def test_local_files(tmp_path):
         str(tmp_path / "a" / "b" / "two.bin"),
         str(tmp_path / "a" / "one.bin"),
     ]  # sorted, recursive, no partial files left behind
-    assert storage.exists(tmp_path / "a" / "one.bin")
-    assert not storage.exists(tmp_path / "a")  # a directory is not a file
-    assert not storage.exists(tmp_path / "nothing")
     assert storage.size(tmp_path / "a" / "b" / "two.bin") == 2
-    with storage.open_stream(tmp_path / "a" / "b" / "two.bin") as stream:
-        assert stream.read(1) == b"2"
-        assert stream.read() == b"2"
 
 
 @pytest.mark.parametrize(
     "operation",
-    [storage.read_bytes, storage.size, storage.open_stream, lambda p: storage.write_bytes(p, b"")],
+    [storage.read_bytes, storage.size, lambda p: storage.write_bytes(p, b"")],
 )
 def test_local_failures_are_not_transient(tmp_path, operation):
     (tmp_path / "file").write_bytes(b"")
@@ -177,7 +168,13 @@ def test_import_creates_no_client_and_no_threads():
 # --- ImageFetcher (local) --------------------------------------------------------------------
 
 
-def test_image_fetcher_keeps_order_and_returns_errors(tmp_path):
+def fetch_all(fetcher: storage.ImageFetcher, uris) -> list:
+    """Submit every read at once (as the loader's lookahead does), then collect them."""
+    futures = [fetcher.submit(uri) for uri in uris]
+    return [future.result() for future in futures]
+
+
+def test_image_fetcher_returns_errors_as_values(tmp_path):
     for i in range(5):
         (tmp_path / f"{i}.jpg").write_bytes(bytes([i]) * (i + 1))
     uris = [
@@ -188,11 +185,10 @@ def test_image_fetcher_keeps_order_and_returns_errors(tmp_path):
         tmp_path / "3.jpg",
     ]
     with storage.ImageFetcher(threads=3) as fetcher:
-        results = fetcher.fetch(uris)
+        results = fetch_all(fetcher, uris)
     assert results[0] == b"\x04" * 5 and results[2] == b"\x00" and results[4] == b"\x03" * 4
     for bad in (results[1], results[3]):  # a missing file, a malformed URI: values, not raised
         assert isinstance(bad, StorageError) and not bad.transient
-    assert fetcher.fetch([]) == []
 
 
 def test_image_fetcher_reads_concurrently(monkeypatch):
@@ -204,16 +200,16 @@ def test_image_fetcher_reads_concurrently(monkeypatch):
 
     monkeypatch.setattr(storage, "read_bytes", read_bytes)
     with storage.ImageFetcher(threads=4) as fetcher:
-        assert fetcher.fetch(["a", "b", "c", "d"]) == [b"a", b"b", b"c", b"d"]
+        assert fetch_all(fetcher, ["a", "b", "c", "d"]) == [b"a", b"b", b"c", b"d"]
 
 
 def test_image_fetcher_pickles_without_its_pool(tmp_path):
     (tmp_path / "x").write_bytes(b"x")
     fetcher = storage.ImageFetcher(threads=2, retry_deadline_s=1.5)
-    fetcher.fetch([tmp_path / "x"])
+    fetch_all(fetcher, [tmp_path / "x"])
     clone = pickle.loads(pickle.dumps(fetcher))
     assert (clone.threads, clone.retry_deadline_s) == (2, 1.5)
-    assert clone.fetch([tmp_path / "x"]) == [b"x"]
+    assert fetch_all(clone, [tmp_path / "x"]) == [b"x"]
     fetcher.close()
     clone.close()
 
@@ -240,36 +236,8 @@ def test_s3_round_trip_nested_prefixes_and_pagination(s3_bucket):
     assert storage.read_bytes(f"{s3_bucket}/deep/a/b/c/d.bin") == b"deep"
 
 
-def test_s3_open_stream_feeds_gzip_and_tarfile(s3_bucket):
-    lines = [f"line {i} ".encode() * 20 + b"\n" for i in range(20_000)]  # ~3 MB of text
-    storage.write_bytes(f"{s3_bucket}/text.gz", gzip.compress(b"".join(lines)))
-    with storage.open_stream(f"{s3_bucket}/text.gz") as raw, gzip.open(raw) as text:
-        assert text.readline() == lines[0]
-        assert sum(1 for _ in text) == len(lines) - 1
-
-    members = {f"sample{i}.txt": f"caption {i}".encode() for i in range(30)}
-    archive = io.BytesIO()
-    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    storage.write_bytes(f"{s3_bucket}/shard.tar.gz", archive.getvalue())
-    streamed = {}
-    with (
-        storage.open_stream(f"{s3_bucket}/shard.tar.gz") as raw,
-        tarfile.open(fileobj=raw, mode="r|gz") as tar,  # non-seekable streaming mode
-    ):
-        for member in tar:
-            streamed[member.name] = tar.extractfile(member).read()
-    assert streamed == members
-
-
-def test_s3_exists_and_size(s3_bucket):
+def test_s3_size(s3_bucket):
     storage.write_bytes(f"{s3_bucket}/dir/blob", b"x" * 1234)
-    assert storage.exists(f"{s3_bucket}/dir/blob")
-    assert not storage.exists(f"{s3_bucket}/dir/missing")
-    assert not storage.exists(f"{s3_bucket}/dir")  # a prefix is not an object
     assert storage.size(f"{s3_bucket}/dir/blob") == 1234
     with pytest.raises(StorageError) as caught:
         storage.size(f"{s3_bucket}/dir/missing")
@@ -280,9 +248,6 @@ def test_s3_missing_key_and_bucket_are_not_transient(s3_bucket):
     with pytest.raises(StorageError, match="no such object") as caught:
         storage.read_bytes(f"{s3_bucket}/missing")
     assert (caught.value.transient, caught.value.code) == (False, "NoSuchKey")
-    with pytest.raises(StorageError) as caught:
-        storage.open_stream(f"{s3_bucket}/missing")
-    assert not caught.value.transient
     for operation in (storage.read_bytes, storage.list_files):
         with pytest.raises(StorageError, match="no such bucket") as caught:
             operation("s3://no-such-bucket-here/key")
@@ -344,21 +309,21 @@ def test_s3_image_fetcher_mixes_present_and_missing(s3_bucket):
     for uri in uris[::2]:
         storage.write_bytes(uri, uri.encode())
     with storage.ImageFetcher(threads=8) as fetcher:
-        results = fetcher.fetch([*uris, "s3://no-such-bucket-here/x.jpg"])
+        results = fetch_all(fetcher, [*uris, "s3://no-such-bucket-here/x.jpg"])
     assert results[:-1:2] == [uri.encode() for uri in uris[::2]]
     for result, code in [*((r, "NoSuchKey") for r in results[1::2]), (results[-1], "NoSuchBucket")]:
         assert isinstance(result, StorageError) and result.code == code and not result.transient
 
 
 def _fetch_in_child(fetcher, uris, connection):
-    connection.send(fetcher.fetch(uris))
+    connection.send(fetch_all(fetcher, uris))
 
 
 def test_s3_image_fetcher_works_in_a_forked_child(s3_bucket):
     storage.write_bytes(f"{s3_bucket}/a", b"A")
     fetcher = storage.ImageFetcher(threads=4)
     # The parent's client and pool exist, with idle threads that a forked child lacks.
-    assert fetcher.fetch([f"{s3_bucket}/a"] * 8) == [b"A"] * 8
+    assert fetch_all(fetcher, [f"{s3_bucket}/a"] * 8) == [b"A"] * 8
     receive, send = multiprocessing.Pipe(duplex=False)
     child = multiprocessing.get_context("fork").Process(
         target=_fetch_in_child, args=(fetcher, [f"{s3_bucket}/a", f"{s3_bucket}/b"], send)
@@ -452,7 +417,7 @@ def test_read_retrying_reports_an_unreachable_storage(monkeypatch):
     assert 0.5 <= time.monotonic() - start < 5
     assert (caught.value.transient, caught.value.code) == (True, storage.UNREACHABLE)
     with storage.ImageFetcher(threads=2) as fetcher:  # no retries: one attempt, then the probe
-        (result,) = fetcher.fetch(["s3://bucket/image"])
+        (result,) = fetch_all(fetcher, ["s3://bucket/image"])
     assert isinstance(result, StorageError) and result.code == storage.UNREACHABLE
 
 

@@ -11,7 +11,6 @@ import open_clip
 import pytest
 
 import open_flamingo.src.factory  # noqa: F401  (registers the ViT-Tiny-16 config)
-from conftest import load_script
 from open_flamingo.data.documents import parse_laion_wds, parse_omnicorpus
 from open_flamingo.data.samples import build_interleaved_sample, build_pair_sample, decode_image
 from open_flamingo.data.shards import iter_records
@@ -25,6 +24,7 @@ from open_flamingo.data.synthetic import (
     write_synthetic_corpus,
 )
 from open_flamingo.src.factory import load_flamingo_tokenizer
+from open_flamingo.tools import make_synthetic_corpus
 
 SMALL = dict(num_docs=30, num_pairs=40, num_eval=20, docs_per_shard=8, pairs_per_shard=16)
 
@@ -238,9 +238,8 @@ def test_corpus_builds_training_samples_without_skips(corpus, byte_tokenizer_dir
 
 
 def test_cli_writes_gzip_shards_and_rejects_bad_sizes(tmp_path, capsys):
-    cli = load_script("make_synthetic_corpus")
     args = ["--num-docs", "3", "--num-pairs", "2", "--num-eval", "1", "--docs-per-shard", "2"]
-    cli.main(["--out", str(tmp_path / "out"), "--gzip", "--seed", "5", *args])
+    make_synthetic_corpus.main(["--out", str(tmp_path / "out"), "--gzip", "--seed", "5", *args])
     summary = json.loads(capsys.readouterr().out)
     assert [Path(s).name for s in summary["interleaved_shards"]] == [
         "shard-00000.jsonl.gz",
@@ -256,7 +255,7 @@ def test_cli_writes_gzip_shards_and_rejects_bad_sizes(tmp_path, capsys):
     )
     assert gz_records == [record for record, _ in read_docs(plain)]
     with pytest.raises(SystemExit) as exited:
-        cli.main(["--out", str(tmp_path / "x"), "--image-size", "0"])
+        make_synthetic_corpus.main(["--out", str(tmp_path / "x"), "--image-size", "0"])
     assert exited.value.code == 2
     assert "--image-size must be at least 1" in capsys.readouterr().err
 

@@ -3,7 +3,6 @@ resume after SIGKILL. Everything on CPU with a tiny model and the synthetic corp
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -11,11 +10,13 @@ import time
 import pytest
 import torch
 
-from byte_tokenizer import save_byte_tokenizer
 from conftest import REPO
 from open_flamingo import create_model_and_transforms, trainable_state_dict
+from open_flamingo.benchmarks.training_runs import kill_launch
 from open_flamingo.data.doc_types import image_object_name
 from open_flamingo.data.synthetic import write_synthetic_corpus
+from open_flamingo.tools.byte_tokenizer import save_byte_tokenizer
+from open_flamingo.tools.convert_mmc4_to_wds import convert_mmc4_to_wds
 from open_flamingo.train import checkpointing
 from open_flamingo.train.args import parse_args
 from open_flamingo.train.metrics import read_metrics
@@ -93,7 +94,10 @@ def argv(tiny, run_dir, **flags) -> list[str]:
         ({"learning_rate": -1}, "--learning_rate must be a positive number"),
         ({"precision": "int8"}, "invalid choice: 'int8'"),
         ({"lr_scheduler": "step"}, "invalid choice: 'step'"),
-        ({"report_to_wandb": True}, "--report_to_wandb needs --wandb_project"),
+        (
+            {"save_checkpoints_to_wandb": True},
+            "--save_checkpoints_to_wandb needs --report_to_wandb",
+        ),
         ({"offline": True}, "--offline only apply with --report_to_wandb"),
         ({"resume_from_checkpoint": "latest", "load_from_pretrained": "x.pt"}, "Use one"),
         ({"interleaved_dataset": "mmc4"}, "needs --mmc4_shards"),
@@ -225,21 +229,38 @@ def test_frozen_embeddings_bf16_and_load_from_pretrained(tiny, tmp_path):
     )
 
 
+def test_load_from_pretrained_of_another_cross_attention_interval_is_refused(tiny, tmp_path):
+    """A checkpoint with a block before every 2nd layer, into a model with one before every
+    layer (the default): training would start the missing blocks from scratch."""
+    torch.manual_seed(3)
+    every_second, _, _ = create_model_and_transforms(
+        VISION_ENCODER, None, str(tiny["lm"]), str(tiny["tokenizer"]), cross_attn_every_n_layers=2
+    )
+    torch.save(trainable_state_dict(every_second), tmp_path / "start.pt")
+    with pytest.raises(SystemExit) as refused:
+        main(argv(tiny, tmp_path / "run", load_from_pretrained=tmp_path / "start.pt"))
+    message = str(refused.value)
+    assert message.startswith(f"--load_from_pretrained {tmp_path / 'start.pt'}: ")
+    assert "sit before decoder layers 1, 3 (cross_attn_every_n_layers=2)" in message
+    assert "--cross_attn_every_n_layers 2" in message
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
 def test_checkpoint_interrupted_while_written_leaves_latest_intact(tiny, tmp_path, monkeypatch):
     run = tmp_path / "atomic"
     main(argv(tiny, run))  # 6 steps: checkpoints 2, 4 and 6
     assert (run / "latest").read_text() == "checkpoint-6"
-    real_save = torch.save
+    real_save = checkpointing.save_file
 
-    def dying_save(obj, path, *args, **kwargs):
+    def dying_save(obj, path):
         if str(path).endswith("scheduler.pt"):
             raise KeyboardInterrupt("killed while writing")
-        return real_save(obj, path, *args, **kwargs)
+        return real_save(obj, path)
 
-    monkeypatch.setattr(torch, "save", dying_save)
+    monkeypatch.setattr(checkpointing, "save_file", dying_save)
     with pytest.raises(KeyboardInterrupt):  # redo steps 3-4, die while saving checkpoint-4
         main(argv(tiny, run, resume_from_checkpoint=run / "checkpoint-2"))
-    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(checkpointing, "save_file", real_save)
     assert (run / "latest").read_text() == "checkpoint-6"
     assert [p.name for p in run.glob(".checkpoint-*.incomplete")] == [".checkpoint-4.incomplete"]
     assert checkpointing.resolve_resume("latest", run) == run / "checkpoint-6"
@@ -329,10 +350,14 @@ def test_ddp_run_killed_with_sigkill_resumes_exactly(tiny, uninterrupted_ddp):
     ):
         assert process.poll() is None, (run.parent / f"{run.name}.log").read_text()[-3000:]
         time.sleep(0.2)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    kill_launch(process)  # the trainers too, not only the launcher
+    killed = losses(run)
     assert checkpointing.resolve_resume("latest", run) == run / "checkpoint-2"
     finish(launch(tiny, run, resume_from_checkpoint="latest", **RESUME_FLAGS), run)
+    log = (run.parent / f"{run.name}.log").read_text()
+    assert f"resuming from {run / 'checkpoint-2'}" in log  # the resumed run wrote steps 3 to 6
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == len(killed) + 4  # nothing else wrote to the run after the kill
     resumed = losses(run)
     assert [resumed[s] for s in (3, 4, 5, 6)] == [uninterrupted_ddp[s] for s in (3, 4, 5, 6)]
 
@@ -502,8 +527,6 @@ def write_mmc4_wds(tiny, out) -> None:
     """The synthetic docs in OpenFlamingo's MMC4 webdataset form (images over MMC4's 10 KB)."""
     from test_data_formats import mmc4_record, with_comment, zip_bytes
 
-    from conftest import load_script
-
     corpus = tiny["root"] / "corpus"
     (out / "docs").mkdir(parents=True)
     (out / "images").mkdir()
@@ -518,8 +541,7 @@ def write_mmc4_wds(tiny, out) -> None:
                 (out / "images" / name).write_bytes(with_comment(jpeg, 12_000))
             lines.append(json.dumps(doc))
     (out / "docs" / "mmc4.zip").write_bytes(zip_bytes({"mmc4.jsonl": "\n".join(lines).encode()}))
-    converter = load_script("convert_mmc4_to_wds")
-    converter.convert_mmc4_to_wds(str(out / "docs"), str(out / "images"), str(out / "wds"))
+    convert_mmc4_to_wds(str(out / "docs"), str(out / "images"), str(out / "wds"))
 
 
 def test_openflamingo_train_script_runs_mmc4_and_laion_with_upstream_flag_names(tiny, tmp_path):

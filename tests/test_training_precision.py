@@ -1,15 +1,24 @@
 """--precision amp_bf16 stores frozen matmul weights in bfloat16 without changing any number."""
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from test_train import argv, tiny  # noqa: F401  (tiny: the training corpus fixture)
 
 from conftest import needs_cuda
+from open_flamingo.src.precision import PRECISIONS
 from open_flamingo.train import precision
+from open_flamingo.train.backend import choose_backend
 from open_flamingo.train.metrics import read_metrics
-from open_flamingo.train.precision import cast_for_precision, store_frozen_matmul_weights_in_bf16
+from open_flamingo.train.precision import (
+    cast_for_precision,
+    mixed_precision,
+    store_frozen_matmul_weights_in_bf16,
+    training_precision,
+)
 from open_flamingo.train.train_omnicorpus import main
 from tiny_models import FAMILIES, IMAGE_SIZE, randomize_gates
 
@@ -56,6 +65,24 @@ def test_bf16_frozen_weights_give_bitwise_the_same_loss_and_gradients(
         assert torch.equal(grads_lean[name], grad), name
 
 
+def test_one_precision_table_keeps_each_flag_s_meaning():
+    """Evaluation and training read one table (open_flamingo/src/precision.py). Evaluation's
+    names are upstream's; the trainer's `fp16` stays float16 autocast over float32 weights."""
+    assert PRECISIONS["fp16"] == (torch.float16, None)
+    assert PRECISIONS["amp"] == (torch.float32, torch.float16)
+    assert PRECISIONS["amp_bfloat16"] == PRECISIONS["amp_bf16"] == (torch.float32, torch.bfloat16)
+    # --precision -> (accelerate's mixed_precision, the weights' dtype), as the trainer had them
+    trained = {
+        "fp32": ("no", torch.float32),
+        "amp_bf16": ("bf16", torch.float32),
+        "amp_bfloat16": ("bf16", torch.float32),
+        "bf16": ("no", torch.bfloat16),
+        "fp16": ("fp16", torch.float32),
+    }
+    for flag, (mixed, weights) in trained.items():
+        assert (mixed_precision(flag), training_precision(flag).weights) == (mixed, weights)
+
+
 def test_only_frozen_linear_and_conv_weights_change_dtype(make_flamingo):
     model, _, _ = make_flamingo("mpt")
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -78,10 +105,11 @@ def test_only_frozen_linear_and_conv_weights_change_dtype(make_flamingo):
 
 @pytest.mark.parametrize("distributed_type", ["FSDP", "DEEPSPEED"])
 def test_sharded_engines_keep_one_dtype(distributed_type, make_flamingo):
+    backend = choose_backend(SimpleNamespace(distributed_type=DistributedType[distributed_type]))
     model, _, _ = make_flamingo("mpt")
-    cast_for_precision(model, "amp_bf16", distributed_type)
+    backend.prepare_model(model, "amp_bf16")
     assert {p.dtype for p in model.parameters()} == {torch.float32}
-    cast_for_precision(model, "bf16", distributed_type)
+    backend.prepare_model(model, "bf16")
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 

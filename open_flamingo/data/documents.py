@@ -2,11 +2,14 @@
 
 Schemas:
 - OmniCorpus / OBELICS: parallel lists `images` (URL or null) and `texts` (string or null), one
-  non-null per position; optional `metadata` (a list, or a JSON string of one) and
-  `general_metadata`. Image objects are named by the SHA-256 of their URL under an image prefix.
+  non-null per position; optional `metadata` (a list, or a JSON string of one),
+  `general_metadata`, and `valid_image` (one bool per image; false: left out). Image objects are
+  named by the SHA-256 of their URL under an image prefix.
+- OmniCorpus "with similarities" (`sentences` / `matrix` / `images_info`): see mmc4.py.
 - MMC4 (`jsonl.zip` shards, images as files) and OpenFlamingo's MMC4 webdataset form (json docs
   with base64 images): see `open_flamingo.data.mmc4`.
-- LAION: img2dataset webdataset samples (jpg + txt + json) or table rows (url + caption).
+- LAION: img2dataset webdataset samples (jpg + txt + json) or table rows: a URL (image object
+  sha256(url)) or, in OmniCorpus's LAION-En2B rows, `image` (the object's name), + a caption.
 
 A record that does not fit its schema raises `SkipSample("schema", detail)`.
 """
@@ -22,7 +25,13 @@ from .doc_types import (
     image_uri,
     require_field,
 )
-from .mmc4 import MMC4_MIN_IMAGE_BYTES, MMC4_SIM_THRESHOLD, parse_mmc4, parse_mmc4_wds
+from .mmc4 import (
+    MMC4_MIN_IMAGE_BYTES,
+    MMC4_SIM_THRESHOLD,
+    parse_mmc4,
+    parse_mmc4_wds,
+    parse_omnicorpus_sim,
+)
 from .skips import SkipSample
 from .storage import Location
 
@@ -39,7 +48,8 @@ def parse_omnicorpus(
     """An OmniCorpus or OBELICS record -> InterleavedDoc with images under `image_prefix`.
 
     An image's object is `image_prefix/<sha256(url)>`, unless its metadata entry names a file
-    (`image_name` or `filename`), which is then taken under `image_prefix` instead.
+    (`image_name` or `filename`), which is then taken under `image_prefix` instead. Images whose
+    `valid_image` entry is false (or null) are left out, as OmniCorpus leaves them out.
     """
     images = require_field(record, "images", list)
     texts = require_field(record, "texts", list)
@@ -47,6 +57,7 @@ def parse_omnicorpus(
         raise SkipSample("schema", f"{len(images)} images for {len(texts)} texts")
     image_positions = [position for position, url in enumerate(images) if url is not None]
     metadata = _image_metadata(record.get("metadata"), len(images), image_positions)
+    valid = _valid_images(record.get("valid_image"), image_positions)
 
     doc = InterleavedDoc(key=key, texts=[], images=[])
     for position, (url, text) in enumerate(zip(images, texts, strict=True)):
@@ -60,10 +71,24 @@ def parse_omnicorpus(
             continue
         if not isinstance(url, str) or not url:
             raise SkipSample("schema", f"image {position} is {url!r}, not a URL")
+        if position not in valid:
+            continue
         name = _named_file(metadata.get(position)) or image_object_name(url)
         doc.texts.append(None)
         doc.images.append(ImageRef(uri=image_uri(image_prefix, name)))
     return doc
+
+
+def _valid_images(valid_image, image_positions: list[int]) -> set[int]:
+    """The image positions to use: all, or those whose `valid_image` entry is true."""
+    if valid_image is None:
+        return set(image_positions)
+    if not isinstance(valid_image, list) or len(valid_image) != len(image_positions):
+        found = len(valid_image) if isinstance(valid_image, list) else type(valid_image).__name__
+        raise SkipSample("schema", f"valid_image is {found}, expected one bool per image")
+    if not all(flag is None or isinstance(flag, bool) for flag in valid_image):
+        raise SkipSample("schema", "valid_image holds a value that is not a bool")
+    return {position for position, flag in zip(image_positions, valid_image, strict=True) if flag}
 
 
 def _image_metadata(metadata, num_positions: int, image_positions: list[int]) -> dict[int, dict]:
@@ -122,19 +147,22 @@ def parse_laion_wds(record: dict, key: str) -> PairDoc:
 def parse_laion_table(
     record: dict, key: str, image_prefix: "str | os.PathLike | Location"
 ) -> PairDoc:
-    """A JSONL / Parquet row with a URL (`url`/`URL`) and caption (`caption`/`TEXT`/`text`) ->
-    PairDoc whose image is `image_prefix/<sha256(url)>`."""
-    url = _first_present(record, LAION_URL_KEYS)
+    """A JSONL / Parquet row with an image and a caption (`caption`/`TEXT`/`text`) -> PairDoc.
+    The image is `image_prefix/<image>` when the row names its object (`image`, as OmniCorpus's
+    LAION-En2B rows do), else `image_prefix/<sha256(url)>` for its URL (`url`/`URL`)."""
     caption = _first_present(record, LAION_CAPTION_KEYS)
-    if not isinstance(url, str) or not url:
-        raise SkipSample("schema", f"no URL in {'/'.join(LAION_URL_KEYS)}")
     if not isinstance(caption, str):
         raise SkipSample("schema", f"no caption in {'/'.join(LAION_CAPTION_KEYS)}")
-    return PairDoc(
-        key=key,
-        caption=caption,
-        image=ImageRef(uri=image_uri(image_prefix, image_object_name(url))),
-    )
+    name = record.get("image")
+    if name is None:
+        url = _first_present(record, LAION_URL_KEYS)
+        if not isinstance(url, str) or not url:
+            raise SkipSample("schema", f"no image name or URL in image/{'/'.join(LAION_URL_KEYS)}")
+        name = image_object_name(url)
+    elif not isinstance(name, str) or not name:
+        found = "empty" if name == "" else f"a {type(name).__name__}"
+        raise SkipSample("schema", f"image is {found}, not an object name")
+    return PairDoc(key=key, caption=caption, image=ImageRef(uri=image_uri(image_prefix, name)))
 
 
 def _first_present(record: dict, fields: tuple[str, ...]):
@@ -154,4 +182,5 @@ __all__ = [
     "parse_mmc4",
     "parse_mmc4_wds",
     "parse_omnicorpus",
+    "parse_omnicorpus_sim",
 ]

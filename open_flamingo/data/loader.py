@@ -1,9 +1,9 @@
 """get_data: resumable, fault-tolerant loaders for the corpora, as the training loop uses them.
 
-Each rank has a `ResumableLoader` per corpus. An epoch is `num_batches` batches
-(`train_num_samples // (batch_size * world_size)`); the underlying stream continues across epochs
-(a new pass over the shards starts when one ends), so every rank yields exactly the same number
-of batches per epoch and ranks stay in step.
+Each rank has a `ResumableLoader` per corpus, described by a `CorpusConfig` (data/config.py). An
+epoch is `num_batches` batches (`num_samples // (batch_size * world_size)`); the underlying stream
+continues across epochs (a new pass over the shards starts when one ends), so every rank
+yields exactly the same number of batches per epoch and ranks stay in step.
 
 Exact resume: every batch carries the state of the slot (rank, worker) that produced it. The loader
 records the states of the batches the trainer has consumed; `state_dict()` / `load_state_dict()`
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .config import CorpusConfig
 from .formats import get_format
 from .manifest import resolve_shards
 from .stream import SlotState, SlotStream, StreamConfig
@@ -154,57 +155,49 @@ class DataInfo:
 
     dataloader: ResumableLoader
 
-    def set_epoch(self, epoch: int) -> None:
-        self.dataloader.set_epoch(epoch)
 
+def get_data(
+    corpus: CorpusConfig,
+    image_processor,
+    tokenizer,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    epoch: int = 0,
+) -> DataInfo:
+    """The loader of one corpus for process `rank` of `world_size`, positioned at `epoch`.
 
-def _arg(args, *names, default=None):
-    for name in names:
-        if getattr(args, name, None) is not None:
-            return getattr(args, name)
-    return default
-
-
-def get_data(args, image_processor, tokenizer, dataset_type: str, epoch: int = 0) -> DataInfo:
-    """The loader of one corpus for this rank.
-
-    dataset_type: omnicorpus | obelics | mmc4 | mmc4_wds | laion | laion_table.
-    Reads from `args`: `<type>_shards` (a directory / key prefix, manifest or brace pattern; the
-    `_wds` / `_table` suffix may be dropped, e.g. `laion_shards`), `<type>_image_prefix`,
-    `batch_size_<role>`, `max_tokens_<role>`, `train_num_samples_<role>` with role `interleaved`
-    or `laion` (upstream's `batch_size_mmc4` etc. also work), `workers`, `seed`,
-    `dataset_resampled`, `world_size`, `rank`, `mmc4_max_num_images`, `mmc4_textsim_threshold`.
+    `corpus.dataset_type`: omnicorpus | obelics | omnicorpus_sim | mmc4 | mmc4_wds | laion |
+    laion_table, or OmniCorpus's names `laionen2b` (= laion_table) and
+    `omnicorpus_w_similarities` (= omnicorpus_sim); open_flamingo.data.formats says what each
+    reads. An epoch is `corpus.num_samples // (corpus.batch_size * world_size)` batches.
     """
-    fmt = get_format(dataset_type)
-    base = dataset_type.removesuffix("_wds").removesuffix("_table")
-    role = "interleaved" if fmt.kind == "interleaved" else "laion"
-    shards_spec = _arg(args, f"{dataset_type}_shards", f"{base}_shards")
-    if shards_spec is None:
-        raise ValueError(f"--{base}_shards is required for dataset type {dataset_type!r}")
-    image_prefix = _arg(args, f"{dataset_type}_image_prefix", f"{base}_image_prefix")
-    if fmt.needs_image_prefix and image_prefix is None:
-        raise ValueError(f"--{base}_image_prefix is required for dataset type {dataset_type!r}")
-    batch_size = _arg(args, f"batch_size_{role}", f"batch_size_{base}")
-    max_tokens = _arg(args, f"max_tokens_{role}", f"max_tokens_{base}")
-    num_samples = _arg(args, f"train_num_samples_{role}", f"train_num_samples_{base}")
-    world_size, rank = _arg(args, "world_size", default=1), _arg(args, "rank", default=0)
-    workers = _arg(args, "workers", default=0)
-
+    fmt = get_format(corpus.dataset_type)
+    name = corpus.dataset_type
+    if corpus.shards is None:
+        raise ValueError(f"--{fmt.flag_base}_shards is required for dataset type {name!r}")
+    if fmt.needs_image_prefix and corpus.image_prefix is None:
+        raise ValueError(f"--{fmt.flag_base}_image_prefix is required for dataset type {name!r}")
     config = StreamConfig(
         format=fmt,
-        shards=resolve_shards(shards_spec),
-        image_prefix=image_prefix,
-        batch_size=batch_size,
-        max_tokens=max_tokens,
-        max_num_images=_arg(args, "mmc4_max_num_images", default=6),
-        sim_threshold=_arg(args, "mmc4_textsim_threshold", default=0.24),
-        resampled=bool(_arg(args, "dataset_resampled", default=False)),
-        seed=_arg(args, "seed", default=0),
+        shards=resolve_shards(corpus.shards, fmt),
+        image_prefix=corpus.image_prefix,
+        batch_size=corpus.batch_size,
+        max_tokens=corpus.max_tokens,
+        max_num_images=corpus.max_num_images,
+        sim_threshold=corpus.sim_threshold,
+        resampled=corpus.resampled,
+        seed=corpus.seed,
     )
     dataset = CorpusDataset(
-        config, tokenizer, image_processor, rank=rank, world_size=world_size, num_workers=workers
+        config,
+        tokenizer,
+        image_processor,
+        rank=rank,
+        world_size=world_size,
+        num_workers=corpus.workers,
     )
-    num_batches = math.floor(num_samples / (batch_size * world_size))
-    loader = ResumableLoader(dataset, num_batches, workers)
+    num_batches = math.floor(corpus.num_samples / (corpus.batch_size * world_size))
+    loader = ResumableLoader(dataset, num_batches, corpus.workers)
     loader.set_epoch(epoch)
     return DataInfo(loader)

@@ -1,4 +1,6 @@
-"""MMC4 documents: images matched one-to-one to sentences, placed right before their sentence.
+"""MMC4-style documents: images matched one-to-one to sentences, placed right before their
+sentence. MMC4 itself, and OmniCorpus's "with similarities" form, whose sample building is
+MMC4's after a softmax of the similarities over the sentence axis.
 
 A record holds `text_list` (sentences), `image_info` (one dict per image: `image_name`,
 `raw_url`, `matched_text_index`, `matched_sim`, ...; in OpenFlamingo's webdataset form also
@@ -8,6 +10,10 @@ threshold are dropped. As upstream, images that cannot be used (missing, 10 KB o
 left out before the matching: the webdataset form knows them at parse time, the `jsonl.zip` form
 once the loader has fetched them (`Mmc4Candidates.match`). The upstream `matched_text_index` is
 not used.
+
+OmniCorpus "with similarities" records hold `sentences` (`[[text], ...]`), `matrix` (images x
+sentences CLIP scores, each row wrapped the same way: `[[row], ...]`) and `images_info` (each
+`name` a one-element list holding the image URL; the object is sha256 of that URL).
 """
 
 import base64
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .doc_types import ImageRef, InterleavedDoc, image_uri, require_field
+from .doc_types import ImageRef, InterleavedDoc, image_object_name, image_uri, require_field
 from .shards import decode_json
 from .skips import SkipCounter, SkipSample
 from .storage import Location
@@ -151,16 +157,63 @@ def _mmc4_fields(record: dict) -> tuple[list[str], list[dict], np.ndarray]:
     if not infos:
         return sentences, infos, np.zeros((0, len(sentences)))
     rows = require_field(record, "similarity_matrix", list)
+    return sentences, infos, _similarity("similarity_matrix", rows, (len(infos), len(sentences)))
+
+
+def _similarity(field: str, rows: list, expected: tuple[int, int]) -> np.ndarray:
+    """`rows` as a finite float array of shape `expected`; SkipSample("schema") otherwise."""
     try:
         similarity = np.asarray(rows, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise SkipSample("schema", f"similarity_matrix: {error}") from error
-    expected = (len(infos), len(sentences))
+        raise SkipSample("schema", f"{field}: {error}") from error
     if similarity.shape != expected:
-        raise SkipSample("schema", f"similarity_matrix is {similarity.shape}, expected {expected}")
+        raise SkipSample("schema", f"{field} is {similarity.shape}, expected {expected}")
     if not np.isfinite(similarity).all():
-        raise SkipSample("schema", "similarity_matrix holds NaN or infinity")
-    return sentences, infos, similarity
+        raise SkipSample("schema", f"{field} holds NaN or infinity")
+    return similarity
+
+
+def _unwrapped(value, where: str, kind: type):
+    """The first element of a one-element list (OmniCorpus wraps sentences, rows and names)."""
+    if not isinstance(value, list) or not value or not isinstance(value[0], kind):
+        raise SkipSample("schema", f"{where} is not a list holding a {kind.__name__}")
+    return value[0]
+
+
+def softmax_over_sentences(similarity: np.ndarray) -> np.ndarray:
+    """(images, sentences) scores -> each image's softmax over the sentences (rows sum to 1)."""
+    if similarity.size == 0:
+        return similarity
+    exponentials = np.exp(similarity - similarity.max(axis=1, keepdims=True))
+    return exponentials / exponentials.sum(axis=1, keepdims=True)
+
+
+def parse_omnicorpus_sim(
+    record: dict,
+    key: str,
+    image_prefix: "str | os.PathLike | Location",
+    sim_threshold: float = MMC4_SIM_THRESHOLD,
+) -> Mmc4Candidates:
+    """An OmniCorpus "with similarities" record -> Mmc4Candidates whose images are
+    `image_prefix/<sha256(url)>` and whose similarities are the matrix after a softmax over
+    the sentence axis (the threshold then applies to those probabilities, as in OmniCorpus)."""
+    items = require_field(record, "sentences", list)
+    sentences = [_unwrapped(item, f"sentences[{i}]", str) for i, item in enumerate(items)]
+    infos = require_field(record, "images_info", list)
+    refs = []
+    for index, info in enumerate(infos):
+        if not isinstance(info, dict):
+            raise SkipSample("schema", f"images_info[{index}] is not an object")
+        url = _unwrapped(info.get("name"), f"images_info[{index}].name", str)
+        if not url:
+            raise SkipSample("schema", f"images_info[{index}].name holds no URL")
+        refs.append(ImageRef(uri=image_uri(image_prefix, image_object_name(url))))
+    similarity = np.zeros((0, len(sentences)))
+    if infos:
+        matrix = require_field(record, "matrix", list)
+        rows = [_unwrapped(row, f"matrix[{i}]", list) for i, row in enumerate(matrix)]
+        similarity = _similarity("matrix", rows, (len(infos), len(sentences)))
+    return Mmc4Candidates(key, sentences, refs, softmax_over_sentences(similarity), sim_threshold)
 
 
 def _interleave(

@@ -13,6 +13,7 @@ import io
 import random
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from PIL import Image
@@ -20,6 +21,8 @@ from PIL import Image
 from .doc_types import InterleavedDoc
 from .skips import SkipCounter, SkipSample
 
+# How a document's pieces become one text (see `interleaved_text`).
+TextRule = Literal["openflamingo", "omnicorpus"]
 MEDIA_TOKEN = "<image>"
 END_OF_CHUNK_TOKEN = "<|endofchunk|>"
 IGNORE_INDEX = -100
@@ -144,9 +147,13 @@ def pair_labels(input_ids: torch.Tensor, *, pad_id: int, media_id: int) -> torch
     return input_ids.masked_fill(ignored, IGNORE_INDEX)
 
 
-def interleaved_text(chunks: list[str], eos_token: str) -> str:
-    """Join doc chunks (texts, and END_OF_CHUNK_TOKEN + MEDIA_TOKEN for each kept image) into
-    OpenFlamingo's training text."""
+def interleaved_text(chunks: list[str], eos_token: str, *, drop_empty: bool = False) -> str:
+    """Join doc chunks (texts, and END_OF_CHUNK_TOKEN + MEDIA_TOKEN for each kept image) with
+    single spaces into OpenFlamingo's training text: the first END_OF_CHUNK_TOKEN removed, the
+    three whitespace clean-ups, END_OF_CHUNK_TOKEN + eos appended. `drop_empty` (OmniCorpus's
+    rule) leaves empty chunks out of the join, so they add no space."""
+    if drop_empty:
+        chunks = [chunk for chunk in chunks if chunk]
     text = " ".join(chunks).replace(END_OF_CHUNK_TOKEN, "", 1)
     text = (
         text.replace(f" {END_OF_CHUNK_TOKEN}", END_OF_CHUNK_TOKEN)
@@ -154,6 +161,26 @@ def interleaved_text(chunks: list[str], eos_token: str) -> str:
         .replace(f" {MEDIA_TOKEN}", MEDIA_TOKEN)
     )
     return f"{text}{END_OF_CHUNK_TOKEN}{eos_token}"
+
+
+def _chunks(doc: InterleavedDoc, kept: list[bool], text_rule: TextRule) -> list[str]:
+    """The pieces of the training text. "openflamingo" (MMC4, as OpenFlamingo builds it): a
+    kept image's marker is prefixed to the sentence after it. "omnicorpus" (OmniCorpus and
+    OBELICS documents, as OmniCorpus builds them): every text and every kept image's marker is
+    a piece of its own."""
+    marker = END_OF_CHUNK_TOKEN + MEDIA_TOKEN
+    chunks, pending = [], ""
+    for text, is_kept in zip(doc.texts, kept, strict=True):
+        if text is not None and text_rule == "openflamingo":
+            chunks.append(pending + text)
+            pending = ""
+        elif text is not None:
+            chunks.append(text)
+        elif is_kept and text_rule == "openflamingo":
+            pending += marker
+        elif is_kept:
+            chunks.append(marker)
+    return [*chunks, pending] if pending else chunks
 
 
 def _image_stack(images: list[Image.Image], image_processor, num_slots: int) -> torch.Tensor:
@@ -174,6 +201,7 @@ def build_interleaved_sample(
     single_image_drop_prob: float,
     rng: random.Random,
     skips: SkipCounter,
+    text_rule: TextRule = "openflamingo",
 ) -> Sample:
     """An interleaved document -> Sample with images (max_num_images, 1, C, H, W).
 
@@ -186,6 +214,8 @@ def build_interleaved_sample(
             "images_over_limit").
         single_image_drop_prob: a sample with a single <image> left is dropped with this
             probability (MMC4: 0.5), drawn from `rng` only in that case.
+        text_rule: how texts and images are joined (`_chunks`): "openflamingo" for MMC4,
+            "omnicorpus" for OmniCorpus / OBELICS documents (empty texts add no space).
 
     As upstream, the image tensors hold every kept image, also those whose <image> token was cut
     off by truncation (the model never attends to them).
@@ -196,23 +226,20 @@ def build_interleaved_sample(
     """
     if len(images) != len(doc.images):
         raise ValueError(f"{len(images)} images for the {len(doc.images)} positions of {doc.key}")
-    chunks, kept_images, over_limit = [], [], 0
-    for text, ref, image in zip(doc.texts, doc.images, images, strict=True):
-        if ref is None:
-            chunks.append(text)
-        elif image is None:
-            continue
-        elif len(kept_images) < max_num_images:
+    kept_images, kept, over_limit = [], [], 0
+    for ref, image in zip(doc.images, images, strict=True):
+        is_kept = ref is not None and image is not None and len(kept_images) < max_num_images
+        over_limit += ref is not None and image is not None and not is_kept
+        kept.append(is_kept)
+        if is_kept:
             kept_images.append(image)
-            chunks.append(END_OF_CHUNK_TOKEN + MEDIA_TOKEN)
-        else:
-            over_limit += 1
     if over_limit:
         skips.count("images_over_limit", f"{doc.key}: {over_limit} more", n=over_limit)
     if not kept_images:
         raise SkipSample("no_images", doc.key)
 
-    text = interleaved_text(chunks, tokenizer.eos_token)
+    chunks = _chunks(doc, kept, text_rule)
+    text = interleaved_text(chunks, tokenizer.eos_token, drop_empty=text_rule == "omnicorpus")
     input_ids, attention_mask = tokenize_padded(tokenizer, text, max_tokens, skips)
     pad_id, media_id, eoc_id = _special_ids(tokenizer)
     num_media_tokens = int((input_ids == media_id).sum())

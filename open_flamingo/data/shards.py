@@ -1,34 +1,53 @@
-"""Records out of one shard's bytes: JSONL (plain, gzip, zip), Parquet and webdataset tars.
+"""The records of one shard: JSON lines (plain, gzip, zip), JSON arrays, Parquet, webdataset tars.
 
-`iter_records` yields `(record_index, record)`. The index is the position of the record in the
-shard (the n-th line, row or tar sample, bad ones included), so a loader resumes a shard exactly
-by passing `start=` the next index; records before `start` are passed over without parsing.
+`open_shard` indexes a shard and returns its readable records (`ShardRecords`): `indices[j]` is
+the position of record j in the shard (the n-th line, array element, row or tar sample, bad
+ones included) and `read(j)` reads it when the loader gets to it. What a worker holds per shard
+is the index plus at most the shard's bytes (blobs.py: local files are read in place), Arrow
+row groups for Parquet, never a Python object per record. `iter_records` reads a shard given as
+bytes, for tools and tests.
+
+Formats, by suffix:
+- `.jsonl`, `.txt` (OmniCorpus's LAION-En2B rows), `.jsonl.gz`: one JSON object per line.
+- `.jsonl.zip`, `.zip`: the `.jsonl` members, in name order, indexed as one sequence.
+- `.json`: one JSON array of objects (OmniCorpus's converted annotations).
+- `.parquet`: one dict per row.
+- `.tar` (webdataset): see tar_shards.py.
 
 Bad records are skipped and counted in a `SkipCounter`; a shard that ends early (truncated
 download, partial upload) yields what it holds, counts "truncated_shard" and stops. Nothing here
-raises on bad data; only an unsupported file name raises ValueError.
+raises on bad data; an unsupported file name raises ValueError, an unreadable shard
+StorageError.
 """
 
-import codecs
-import io
-import json
-import re
+import bisect
 import struct
-import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from array import array
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
-from .skips import SkipCounter, SkipSample
+from .blobs import Blob, BlobFile, MemoryBlob, gunzip, open_blob
+from .json_shards import JsonSpans, decode_json, index_array, index_lines
+from .skips import SkipCounter
+from .tar_shards import TarSamples, index_tar, tar_bytes, tar_sample_key
+
+__all__ = [
+    "SHARD_SUFFIXES",
+    "ParquetRows",
+    "ShardRecords",
+    "TarSamples",
+    "decode_json",
+    "iter_records",
+    "open_shard",
+    "shard_suffix",
+    "tar_bytes",
+    "tar_sample_key",
+]
 
 # Longest first: a name is matched against these in order.
-SHARD_SUFFIXES = (".jsonl.gz", ".jsonl.zip", ".jsonl", ".zip", ".parquet", ".tar")
-
-_TAR_BLOCK = 512
-_TAR_END_OF_ARCHIVE = b"\0" * (2 * _TAR_BLOCK)
-_GZIP_CHUNK = 1 << 20
-# A JSON escape of a UTF-16 surrogate (\ud800-\udfff); json.loads keeps a lone one as is.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+SHARD_SUFFIXES = (".jsonl.gz", ".jsonl.zip", ".jsonl", ".json", ".txt", ".zip", ".parquet", ".tar")
 # What zipfile raises on damaged archives (RuntimeError: encrypted; NotImplementedError: unknown
 # compression; ValueError, IndexError, struct.error: garbled headers and offsets).
 _ZIP_ERRORS = (
@@ -44,6 +63,19 @@ _ZIP_ERRORS = (
 )
 
 
+class ShardRecords(Protocol):
+    """The readable records of a shard that a reader keeps, in shard order."""
+
+    indices: array  # position in the shard of each kept record
+
+    def __len__(self) -> int: ...
+
+    def read(self, j: int) -> dict:
+        """Record j; raises StorageError when its bytes can no longer be read."""
+
+    def close(self) -> None: ...
+
+
 def shard_suffix(name: str) -> str:
     """The entry of SHARD_SUFFIXES that `name` ends with (case-insensitive); ValueError if none."""
     lowered = name.lower()
@@ -55,135 +87,65 @@ def shard_suffix(name: str) -> str:
     )
 
 
-def iter_records(
-    name: str, data: bytes, skips: SkipCounter, start: int = 0
-) -> Iterator[tuple[int, dict]]:
-    """Yield `(record_index, record)` for the records of shard `name` whose index is >= `start`.
-
-    Formats, by suffix:
-    - `.jsonl`, `.jsonl.gz`: one JSON object per line.
-    - `.jsonl.zip`, `.zip`: the `.jsonl` members, in name order, indexed as one sequence.
-    - `.parquet`: one dict per row.
-    - `.tar` (webdataset): consecutive members with the same key (the path up to the first dot
-      of the file name) form one record `{"__key__": key, ext: bytes, ...}`, e.g.
-      `000001.jpg` + `000001.txt` -> `{"__key__": "000001", "jpg": b"...", "txt": b"..."}`.
-
-    Skip reasons counted in `skips`: "invalid_json", "non_utf8", "schema" (a JSON value that is
-    not an object), "truncated_shard" (the shard ends early), "corrupt_shard" (undecodable
-    compressed data), "bad_tar_member", "duplicate_tar_member".
-    """
-    suffix = shard_suffix(name)
-    if suffix == ".jsonl":
-        yield from _iter_json_lines(name, data, skips, start, first_index=0)
-    elif suffix == ".jsonl.gz":
-        yield from _iter_gzip_jsonl(name, data, skips, start)
-    elif suffix in (".jsonl.zip", ".zip"):
-        yield from _iter_zip_jsonl(name, data, skips, start)
-    elif suffix == ".parquet":
-        yield from _iter_parquet(name, data, skips, start)
-    else:
-        yield from _iter_tar(name, data, skips, start)
+def _all(index: int) -> bool:
+    return True
 
 
-def _iter_json_lines(
-    name: str,
-    data: bytes,
+def open_shard(
+    uri: str,
     skips: SkipCounter,
-    start: int,
-    first_index: int,
-    complete: bool = True,
+    *,
+    keep: Callable[[int], bool] = _all,
+    retry_deadline_s: float = 0.0,
+) -> ShardRecords:
+    """Index shard `uri` and return the readable records whose index `keep` accepts (only those
+    are checked, and only their problems counted). Raises StorageError when the shard cannot be
+    read, after retrying transient errors for `retry_deadline_s`."""
+    suffix = shard_suffix(uri)
+    return _index(uri, suffix, open_blob(uri, retry_deadline_s), skips, keep)
+
+
+def iter_records(
+    name: str, data: bytes, skips: SkipCounter, *, keep: Callable[[int], bool] = _all
 ) -> Iterator[tuple[int, dict]]:
-    """Parse the lines of `data`, numbering them from `first_index`.
-
-    The last line of a complete stream may lack its newline; it is "truncated_shard" only if it
-    then fails to parse. With `complete=False` (a decompressor stopped early, and counted why)
-    an unterminated last line is dropped without trying to parse it.
-    """
-    lines = data.split(b"\n")
-    ends_with_newline = lines[-1] == b""
-    if ends_with_newline:
-        lines.pop()
-    for offset, line in enumerate(lines):
-        index = first_index + offset
-        if index < start:
-            continue
-        is_unterminated = offset == len(lines) - 1 and not ends_with_newline
-        if is_unterminated and not complete:
-            return  # the decompressor stopped inside this line (and counted why)
-        if offset == 0 and first_index == 0 and line.startswith(codecs.BOM_UTF8):
-            line = line[len(codecs.BOM_UTF8) :]
-        try:
-            record = decode_json(line)
-        except SkipSample as skip:
-            if is_unterminated and skip.reason == "invalid_json":
-                skips.count("truncated_shard", f"{name}: last line {index} is cut: {skip.detail}")
-                return
-            skips.count(skip.reason, f"{name} line {index}: {skip.detail}")
-            continue
-        if not isinstance(record, dict):
-            skips.count("schema", f"{name} line {index}: a {type(record).__name__}, not an object")
-            continue
-        yield index, record
-
-
-def decode_json(data: bytes):
-    """The JSON value of UTF-8 `data`. Raises SkipSample "non_utf8" for bytes that are not UTF-8
-    and for strings that UTF-8 cannot hold (a lone surrogate escape such as "\\ud800", which
-    would fail later in a tokenizer or a URL hash), "invalid_json" for whatever json.loads
-    refuses: syntax, integers of over 4,300 digits (ValueError), nesting deeper than Python's
-    recursion limit (RecursionError)."""
+    """Yield `(record_index, record)` for the readable records of shard `name` (its bytes are
+    `data`) whose index `keep` accepts; the others are passed over unchecked."""
+    records = _index(name, shard_suffix(name), MemoryBlob(data), skips, keep)
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise SkipSample("non_utf8", str(error)) from error
+        for j in range(len(records)):
+            yield records.indices[j], records.read(j)
+    finally:
+        records.close()
+
+
+def _index(name: str, suffix: str, blob: Blob, skips, keep) -> ShardRecords:
+    if suffix == ".tar":
+        return index_tar(name, blob, skips, keep=keep)
+    if suffix == ".parquet":
+        return _index_parquet(name, blob, skips, keep)
+    spans = JsonSpans()
+    if suffix in (".jsonl", ".txt"):
+        index_lines(name, blob, spans, skips, keep=keep)
+    elif suffix == ".jsonl.gz":
+        text, complete = gunzip(name, blob, skips)
+        blob.close()
+        index_lines(name, text, spans, skips, keep=keep, complete=complete)
+    elif suffix == ".json":
+        index_array(name, blob, spans, skips, keep=keep)
+    else:
+        _index_zip(name, blob, spans, skips, keep)
+    return spans
+
+
+def _index_zip(name: str, blob: Blob, spans: JsonSpans, skips, keep) -> None:
+    """The `.jsonl` members of a zip, in name order, numbered as one sequence; each member is
+    kept decompressed while it holds kept records."""
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError) as error:
-        raise SkipSample("invalid_json", f"{type(error).__name__}: {error}") from error
-    if _SURROGATE_ESCAPE.search(data):  # rare: only then is every string checked
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise SkipSample("non_utf8", f"lone surrogate escape: {error}") from error
-    return value
-
-
-def _iter_gzip_jsonl(
-    name: str, data: bytes, skips: SkipCounter, start: int
-) -> Iterator[tuple[int, dict]]:
-    text, complete = _gunzip(name, data, skips)
-    yield from _iter_json_lines(name, text, skips, start, first_index=0, complete=complete)
-
-
-def _gunzip(name: str, data: bytes, skips: SkipCounter) -> tuple[bytes, bool]:
-    """Decompress all gzip members of `data`; on early end or bad bytes keep what came out."""
-    pieces: list[bytes] = []
-    remaining = data
-    while remaining:
-        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        try:
-            for begin in range(0, len(remaining), _GZIP_CHUNK):
-                pieces.append(decompressor.decompress(remaining[begin : begin + _GZIP_CHUNK]))
-                if decompressor.eof:
-                    break
-        except zlib.error as error:
-            skips.count("corrupt_shard", f"{name}: {error}")
-            return b"".join(pieces), False
-        if not decompressor.eof:
-            skips.count("truncated_shard", f"{name}: gzip stream ends early")
-            return b"".join(pieces), False
-        remaining = decompressor.unused_data
-    return b"".join(pieces), True
-
-
-def _iter_zip_jsonl(
-    name: str, data: bytes, skips: SkipCounter, start: int
-) -> Iterator[tuple[int, dict]]:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(BlobFile(blob))
     except _ZIP_ERRORS as error:
         # The central directory sits at the end of a zip, so a cut zip cannot be opened at all.
         skips.count("truncated_shard", f"{name}: {error}")
+        blob.close()
         return
     with archive:
         members = sorted(
@@ -197,104 +159,86 @@ def _iter_zip_jsonl(
                 text = archive.read(member)
             except _ZIP_ERRORS as error:
                 skips.count("corrupt_shard", f"{name}/{member}: {error}")
-                return
-            yield from _iter_json_lines(f"{name}/{member}", text, skips, start, next_index)
-            next_index += text.count(b"\n") + (0 if text.endswith(b"\n") or not text else 1)
+                break
+            next_index = index_lines(
+                f"{name}/{member}",
+                MemoryBlob(text),
+                spans,
+                skips,
+                keep=keep,
+                first_index=next_index,
+            )
+    blob.close()
 
 
-def _iter_parquet(
-    name: str, data: bytes, skips: SkipCounter, start: int
-) -> Iterator[tuple[int, dict]]:
+class ParquetRows:
+    """The kept rows of a Parquet shard, as decoded Arrow row groups (columnar: about the data's
+    own size, not a Python object per row); a row becomes a dict when it is read."""
+
+    def __init__(self):
+        self.indices = array("q")
+        self._tables: list = []
+        self._first: list[int] = []  # position in `indices` of each table's first row
+
+    def add(self, table, indices: list[int]) -> None:
+        self._first.append(len(self.indices))
+        self._tables.append(table)
+        self.indices.extend(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, j: int) -> dict:
+        group = bisect.bisect_right(self._first, j) - 1
+        return self._tables[group].slice(j - self._first[group], 1).to_pylist()[0]
+
+    def close(self) -> None:
+        self._tables.clear()
+
+
+def _read_row_groups(name: str, table_file, rows: ParquetRows, skips, keep) -> None:
+    """Add the kept rows of each row group to `rows`, until one cannot be decoded."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    try:
-        table_file = pq.ParquetFile(pa.BufferReader(data))
-    except (pa.ArrowException, OSError, ValueError) as error:
-        # The footer (schema, row groups) is at the end: a cut file has none.
-        skips.count("truncated_shard", f"{name}: {error}")
-        return
     first_row = 0
     for group in range(table_file.num_row_groups):
         num_rows = table_file.metadata.row_group(group).num_rows
-        if first_row + num_rows <= start:
-            first_row += num_rows
-            continue
-        try:
-            rows = table_file.read_row_group(group).to_pylist()
-        except (pa.ArrowException, OSError, ValueError) as error:  # ValueError: bad UTF-8
-            skips.count("corrupt_shard", f"{name} row group {group}: {error}")
-            return
-        for offset, row in enumerate(rows):
-            if first_row + offset >= start:
-                yield first_row + offset, row
+        kept = [r for r in range(num_rows) if keep(first_row + r)]
+        if kept:
+            try:
+                table = table_file.read_row_group(group, use_threads=False)
+                if len(kept) < num_rows:
+                    table = table.take(kept)
+            except (pa.ArrowException, OSError, ValueError) as error:  # ValueError: bad UTF-8
+                skips.count("corrupt_shard", f"{name} row group {group}: {error}")
+                return
+            rows.add(table, [first_row + r for r in kept])
         first_row += num_rows
 
 
-def tar_sample_key(member_name: str) -> tuple[str, str] | None:
-    """webdataset's split of a member name: `a/b/000001.seg.json` -> ("a/b/000001", "seg.json").
+def _index_parquet(name: str, blob: Blob, skips, keep) -> ParquetRows:
+    """Decode the row groups that hold kept rows. A file without a readable footer is
+    "truncated_shard"; a row group that cannot be decoded is "corrupt_shard", and reading stops
+    there (the rows before stay)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    None for names whose file name has no extension (or starts with a dot).
-    """
-    directory, _, file_name = member_name.rpartition("/")
-    stem, dot, extension = file_name.partition(".")
-    if not dot or not stem or not extension:
-        return None
-    return (f"{directory}/{stem}" if directory else stem), extension.lower()
-
-
-def _iter_tar(name: str, data: bytes, skips: SkipCounter, start: int) -> Iterator[tuple[int, dict]]:
+    rows = ParquetRows()
+    source = pa.py_buffer(blob.buffer()) if isinstance(blob, MemoryBlob) else blob.path
+    # Decoded with the C library's allocator (the reader takes the pool current when it is
+    # opened): Arrow's default, mimalloc, kept about a third more resident memory around the
+    # same data. Each buffer remembers its pool.
+    default_pool = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as archive:
-            yield from _tar_samples(name, archive, data, skips, start)
-    except (tarfile.TarError, OSError, EOFError) as error:
-        # The sample being collected when the archive broke off is dropped: it may be partial.
+        table_file = pq.ParquetFile(source)
+        _read_row_groups(name, table_file, rows, skips, keep)
+        table_file.close()
+    except (pa.ArrowException, OSError, ValueError) as error:
+        # The footer (schema, row groups) is at the end: a cut file has none.
         skips.count("truncated_shard", f"{name}: {error}")
-
-
-def _tar_samples(
-    name: str, archive: tarfile.TarFile, data: bytes, skips: SkipCounter, start: int
-) -> Iterator[tuple[int, dict]]:
-    index, key, record = -1, None, {}
-    end_of_members = 0
-    for member in archive:
-        end_of_members = member.offset_data + _tar_padded(member.size)
-        if not member.isfile():
-            continue
-        split = tar_sample_key(member.name)
-        if split is None:
-            skips.count("bad_tar_member", f"{name}: {member.name!r} has no extension")
-            continue
-        member_key, extension = split
-        if member_key != key:
-            if key is not None and index >= start:
-                yield index, record
-            index, key, record = index + 1, member_key, {"__key__": member_key}
-        if index < start:
-            continue  # not read: resuming passes over earlier samples cheaply
-        if extension in record:
-            skips.count("duplicate_tar_member", f"{name}: {member.name!r}")
-            continue
-        record[extension] = archive.extractfile(member).read()
-    # tarfile ends quietly at a cut or garbled header; a whole archive ends in two zero blocks.
-    if data[end_of_members : end_of_members + len(_TAR_END_OF_ARCHIVE)] != _TAR_END_OF_ARCHIVE:
-        raise tarfile.ReadError(f"no end-of-archive marker after byte {end_of_members}")
-    if key is not None and index >= start:
-        yield index, record
-
-
-def _tar_padded(size: int) -> int:
-    return -(-size // _TAR_BLOCK) * _TAR_BLOCK
-
-
-def tar_bytes(members: Iterable[tuple[str, bytes]]) -> bytes:
-    """A tar archive of `(member name, content)` pairs, reproducible (fixed mtime, owner, mode)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
-        for member_name, content in members:
-            info = tarfile.TarInfo(member_name)
-            info.size = len(content)
-            info.mode = 0o644
-            info.mtime = 0
-            archive.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+    finally:
+        pa.set_memory_pool(default_pool)
+        blob.close()
+    pa.system_memory_pool().release_unused()  # the decoder's scratch memory, back to the OS
+    return rows

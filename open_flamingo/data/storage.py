@@ -6,28 +6,29 @@ S3 goes through boto3 with per-process clients (`open_flamingo.data.s3`: endpoin
 botocore's retries, set by `OPEN_FLAMINGO_S3_MAX_ATTEMPTS`). Failures raise `StorageError`, whose
 `transient` flag says whether retrying can help; `retry_transient` bridges outages longer than
 botocore's retries, up to a deadline, and `read_retrying` then tells an outage (code UNREACHABLE)
-from one object that keeps failing. `ImageFetcher` reads many objects concurrently.
+from one object that keeps failing. `ImageFetcher` reads many objects concurrently; `read_range`
+reads part of one.
 
 Clients and thread pools are created lazily, once per process, never at import: DataLoader
 workers fork, and a forked child makes its own.
 """
 
 import contextlib
-import io
 import itertools
 import logging
 import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 from weakref import WeakSet
 
-from .s3 import reset_clients, s3_client
+from .s3 import UNREACHABLE, StorageError, reset_clients, s3_client, s3_errors
+from .s3 import classify as _classify
 
 __all__ = [
     "ImageFetcher",
@@ -35,11 +36,11 @@ __all__ = [
     "StorageError",
     "UNREACHABLE",
     "answers",
-    "exists",
     "list_files",
-    "open_stream",
     "parse_location",
+    "has_files",
     "read_bytes",
+    "read_range",
     "read_retrying",
     "reset_clients",
     "retry_transient",
@@ -48,39 +49,6 @@ __all__ = [
     "write_bytes",
 ]
 logger = logging.getLogger(__name__)
-
-_TRANSIENT_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "RequestTimeout",
-    "InternalError",
-    "ServiceUnavailable",
-}
-_MISSING_CODES = {"NoSuchKey", "NotFound", "404"}
-# The code of a StorageError from `read_retrying` when the storage answers no request at all.
-UNREACHABLE = "Unreachable"
-
-
-class StorageError(Exception):
-    """A read or write that failed. `transient` errors (throttling, 5xx, timeouts, connection
-    resets) may succeed when retried later; others (missing object, access denied) will not.
-    `code` is the S3 error code when there is one (e.g. "NoSuchKey")."""
-
-    def __init__(self, message: str, *, transient: bool, code: str | None = None):
-        super().__init__(message)
-        self.transient = transient
-        self.code = code
-
-    def __reduce__(self):  # keyword-only arguments: picklable across worker processes
-        return _rebuild_storage_error, (str(self), self.transient, self.code)
-
-
-def _rebuild_storage_error(message: str, transient: bool, code: str | None) -> StorageError:
-    return StorageError(message, transient=transient, code=code)
 
 
 @dataclass(frozen=True)
@@ -127,48 +95,6 @@ def parse_location(uri: "str | os.PathLike | Location") -> Location:
     return Location(None, uri)
 
 
-# --- errors ---------------------------------------------------------------------------------
-
-
-def _classify(error: Exception, location: Location, action: str = "read") -> StorageError:
-    """A StorageError saying what failed, whether it is transient, and what to check."""
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionError,
-        HTTPClientError,
-        IncompleteReadError,
-        SSLError,
-    )
-
-    where = f"cannot {action} {location}"
-    if isinstance(error, ClientError):
-        code = str(error.response.get("Error", {}).get("Code", ""))
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        transient = status >= 500 or status == 429 or code in _TRANSIENT_CODES
-        if code in _MISSING_CODES or (status == 404 and code != "NoSuchBucket"):
-            hint = "no such object"
-        elif code == "NoSuchBucket":
-            hint = f"no such bucket {location.bucket!r}"
-        elif status == 403 or code in {"InvalidAccessKeyId", "SignatureDoesNotMatch"}:
-            source = f"profile {location.profile!r}" if location.profile else "AWS_ACCESS_KEY_ID"
-            hint = f"access denied; check the keys and permissions of {source}"
-        else:
-            hint = "retryable server error" if transient else "request rejected"
-        return StorageError(f"{where}: {code or status} ({hint})", transient=transient, code=code)
-    if isinstance(error, SSLError):  # a certificate problem does not pass by itself
-        return StorageError(f"{where}: {error}", transient=False)
-    network = (ConnectionError, HTTPClientError, IncompleteReadError, OSError)
-    if isinstance(error, network):  # unreachable endpoint, reset, timeout, cut-off body
-        return StorageError(f"{where}: {type(error).__name__}: {error}", transient=True)
-    return StorageError(f"{where}: {type(error).__name__}: {error}", transient=False)
-
-
-def _s3_errors() -> tuple[type[Exception], ...]:
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    return (BotoCoreError, ClientError, OSError)
-
-
 # --- operations --------------------------------------------------------------------------------
 
 
@@ -183,7 +109,28 @@ def read_bytes(uri) -> bytes:
     try:
         response = s3_client(location.profile).get_object(Bucket=location.bucket, Key=location.key)
         return response["Body"].read()
-    except _s3_errors() as error:
+    except s3_errors() as error:
+        raise _classify(error, location) from error
+
+
+def read_range(uri, start: int, length: int) -> bytes:
+    """Bytes `start` to `start + length` of a file or object (fewer at its end); for S3 one
+    ranged GET. Raises StorageError."""
+    if start < 0 or length < 1:
+        raise ValueError(f"need start >= 0 and length >= 1, got {start}, {length}")
+    location = parse_location(uri)
+    if not location.is_s3:
+        try:
+            with open(location.key, "rb") as file:
+                return os.pread(file.fileno(), length, start)
+        except OSError as error:
+            raise StorageError(f"cannot read {location}: {error}", transient=False) from error
+    byte_range = f"bytes={start}-{start + length - 1}"
+    try:
+        client = s3_client(location.profile)
+        response = client.get_object(Bucket=location.bucket, Key=location.key, Range=byte_range)
+        return response["Body"].read()
+    except s3_errors() as error:
         raise _classify(error, location) from error
 
 
@@ -204,67 +151,12 @@ def write_bytes(uri, data: bytes) -> None:
         return
     try:
         s3_client(location.profile).put_object(Bucket=location.bucket, Key=location.key, Body=data)
-    except _s3_errors() as error:
+    except s3_errors() as error:
         raise _classify(error, location, "write") from error
-
-
-class _S3Body(io.RawIOBase):
-    """A GetObject body as a raw binary stream whose read errors are StorageErrors."""
-
-    def __init__(self, body, location: Location):
-        self._body, self._location = body, location
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        try:
-            data = self._body.read(len(buffer))
-        except _s3_errors() as error:
-            raise _classify(error, self._location) from error
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
-
-
-def open_stream(uri, buffer_size: int = 1 << 20) -> IO[bytes]:
-    """A readable binary file object (local file, or the object's body read incrementally),
-    e.g. for gzip / tarfile streaming. Close it when done. Raises StorageError."""
-    location = parse_location(uri)
-    if not location.is_s3:
-        try:
-            return open(location.key, "rb", buffering=buffer_size)
-        except OSError as error:
-            raise StorageError(f"cannot open {location}: {error}", transient=False) from error
-    try:
-        response = s3_client(location.profile).get_object(Bucket=location.bucket, Key=location.key)
-    except _s3_errors() as error:
-        raise _classify(error, location, "open") from error
-    return io.BufferedReader(_S3Body(response["Body"], location), buffer_size)
 
 
 def _head(location: Location) -> dict:
     return s3_client(location.profile).head_object(Bucket=location.bucket, Key=location.key)
-
-
-def exists(uri) -> bool:
-    """Whether a file or an object exists. Directories and key prefixes are not objects; a
-    missing bucket reads as a missing object (S3's HEAD answers both with a bare 404)."""
-    location = parse_location(uri)
-    if not location.is_s3:
-        return Path(location.key).is_file()
-    try:
-        _head(location)
-    except _s3_errors() as error:
-        classified = _classify(error, location, "look up")
-        if classified.code in _MISSING_CODES:
-            return False
-        raise classified from error
-    return True
 
 
 def size(uri) -> int:
@@ -277,7 +169,7 @@ def size(uri) -> int:
             raise StorageError(f"cannot stat {location}: {error}", transient=False) from error
     try:
         return int(_head(location)["ContentLength"])
-    except _s3_errors() as error:
+    except s3_errors() as error:
         raise _classify(error, location, "look up") from error
 
 
@@ -293,9 +185,24 @@ def list_files(prefix) -> list[str]:
         paginator = s3_client(location.profile).get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=location.bucket, Prefix=prefix_key):
             names.extend(obj["Key"] for obj in page.get("Contents", []))
-    except _s3_errors() as error:
+    except s3_errors() as error:
         raise _classify(error, location, "list") from error
     return sorted(str(Location(location.bucket, name, location.profile)) for name in names)
+
+
+def has_files(prefix) -> bool:
+    """Whether a directory / key prefix holds at least one file or object (one cheap LIST)."""
+    location = parse_location(prefix)
+    if not location.is_s3:
+        root = Path(location.key)
+        return root.is_dir() and any(path.is_file() for path in root.rglob("*"))
+    try:
+        response = s3_client(location.profile).list_objects_v2(
+            Bucket=location.bucket, Prefix=location.key + "/" if location.key else "", MaxKeys=1
+        )
+    except s3_errors() as error:
+        raise _classify(error, location, "list") from error
+    return bool(response.get("KeyCount", len(response.get("Contents", []))))
 
 
 # --- outages and concurrency -------------------------------------------------------------------
@@ -339,7 +246,7 @@ def answers(uri) -> bool:
         return True
     try:
         s3_client(location.profile).head_bucket(Bucket=location.bucket)
-    except _s3_errors() as error:
+    except s3_errors() as error:
         return not _classify(error, location, "reach").transient
     return True
 
@@ -362,7 +269,7 @@ _FETCHERS: "WeakSet[ImageFetcher]" = WeakSet()
 
 class ImageFetcher:
     """Reads many files / objects concurrently, so that S3 latency is hidden in data-loader
-    workers. `fetch` returns results in input order, failures as StorageError values.
+    workers. Each read's future holds its content, or its failure as a StorageError value.
 
     The thread pool is created on first use in the process that fetches; a forked child (a
     DataLoader worker) starts its own. Each read is a `read_retrying(uri, retry_deadline_s)`.
@@ -396,13 +303,6 @@ class ImageFetcher:
         """Start reading `uri`; the future's result is its content or its StorageError."""
         return self._get_pool().submit(self._fetch_one, uri)
 
-    def fetch(self, uris: Iterable) -> list["bytes | StorageError"]:
-        """The content of each of `uris` (or its StorageError), in input order."""
-        uris = list(uris)
-        if not uris:
-            return []
-        return list(self._get_pool().map(self._fetch_one, uris))
-
     def _fetch_one(self, uri) -> "bytes | StorageError":
         try:
             return read_retrying(uri, self.retry_deadline_s)
@@ -412,7 +312,7 @@ class ImageFetcher:
             return StorageError(f"cannot read {uri!r}: {error}", transient=False)
 
     def close(self) -> None:
-        """Stop the pool's threads (a later fetch starts a new pool)."""
+        """Stop the pool's threads (a later submit starts a new pool)."""
         with self._lock:
             pool, self._pool = self._pool, None
         if pool is not None:

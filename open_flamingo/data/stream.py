@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from . import storage
+from .config import MAX_NUM_IMAGES
 from .documents import ImageRef, InterleavedDoc, PairDoc
 from .formats import DatasetFormat
-from .mmc4 import Mmc4Candidates
+from .mmc4 import MMC4_SIM_THRESHOLD, Mmc4Candidates
 from .samples import Sample, build_interleaved_sample, build_pair_sample, decode_image
-from .shards import iter_records
+from .shards import ShardRecords, open_shard
 from .skips import SkipCounter, SkipSample
 
 MAX_CONSECUTIVE_SKIPS = 10_000  # then the data is wrong, not unlucky
@@ -41,8 +42,8 @@ class StreamConfig:
     image_prefix: str | None
     batch_size: int
     max_tokens: int
-    max_num_images: int = 6
-    sim_threshold: float = 0.24
+    max_num_images: int = MAX_NUM_IMAGES
+    sim_threshold: float = MMC4_SIM_THRESHOLD
     resampled: bool = False
     seed: int = 0
     lookahead_docs: int = 32  # documents whose images are being fetched ahead
@@ -124,26 +125,37 @@ class SlotStream:
             config.fetch_threads, retry_deadline_s=config.retry_deadline_s
         )
         self._window: deque = deque()
+        self._part_skips = SkipCounter(log_interval_s=float("inf"))
+        self._image_prefix = config.image_prefix
         self._documents = self._iter_documents()
 
     # ------------------------------------------------------------------ records
-    def _load_part(self, pass_index: int, part: Part) -> tuple[list[tuple[int, dict]], SkipCounter]:
-        """The part's (record index, record) pairs in their seeded order, and the shard-level
-        problems met while reading it."""
-        shard_skips = SkipCounter(log_interval_s=float("inf"))
+    def _load_part(self, pass_index: int, part: Part) -> tuple[ShardRecords | None, list[int]]:
+        """The part's readable records and the seeded order to read them in (positions into
+        them); the shard-level problems met while indexing it go to `self._part_skips`."""
+        self._part_skips = SkipCounter(log_interval_s=float("inf"))
         try:
-            data = storage.read_retrying(part.shard, self.config.retry_deadline_s)
-            records = [
-                (index, record)
-                for index, record in iter_records(part.shard, data, shard_skips)
-                if index % part.stride == part.offset
-            ]
+            records = open_shard(
+                part.shard,
+                self._part_skips,
+                keep=lambda index: index % part.stride == part.offset,
+                retry_deadline_s=self.config.retry_deadline_s,
+            )
         except storage.StorageError as error:
             self._stop_if_unreachable(error)
-            shard_skips.count("shard_unreadable", str(error))
-            records = []
-        order = record_order(self.config.seed, pass_index, part, len(records))
-        return [records[i] for i in order], shard_skips
+            self._part_skips.count("shard_unreadable", str(error))
+            return None, []
+        prefix_for = self.config.format.image_prefix_for
+        self._image_prefix = prefix_for(part.shard, self.config.image_prefix)
+        return records, record_order(self.config.seed, pass_index, part, len(records))
+
+    def _read(self, records: ShardRecords, j: int, key: str):
+        """Record j of a part, or a SkipSample when its bytes can no longer be read."""
+        try:
+            return records.read(j)
+        except storage.StorageError as error:
+            self._stop_if_unreachable(error)
+            return SkipSample("shard_unreadable", f"{key}: {error}")
 
     def _iter_documents(self) -> Iterator[tuple]:
         """(position after this document, key, document or SkipSample, skips met while reading
@@ -162,20 +174,29 @@ class SlotStream:
                 part = parts[part_index]
                 resuming = pass_index == start.passes and part_index == start.part
                 first_record = start.record if resuming else 0
-                records, shard_skips = self._load_part(pass_index, part)
+                records, order = self._load_part(pass_index, part)
                 if first_record == 0:  # a part's own problems go with its first document
-                    carried.merge(shard_skips)
-                for position in range(first_record, len(records)):
-                    index, record = records[position]
-                    produced = True
-                    key = f"{part.shard}#{index}"
-                    doc_skips, carried = carried, SkipCounter(log_interval_s=float("inf"))
-                    try:
-                        doc = self.config.format.parse(record, key, self.config, doc_skips)
-                    except SkipSample as skip:
-                        doc = skip
-                    seed = f"{self.config.seed}/sample/{pass_index}/{part.index}/{index}"
-                    yield (pass_index, part_index, position + 1), key, doc, doc_skips, seed
+                    carried.merge(self._part_skips)
+                try:
+                    for position in range(first_record, len(order)):
+                        index = records.indices[order[position]]
+                        produced = True
+                        key = f"{part.shard}#{index}"
+                        doc_skips, carried = carried, SkipCounter(log_interval_s=float("inf"))
+                        record = self._read(records, order[position], key)
+                        try:
+                            if isinstance(record, SkipSample):
+                                raise record
+                            doc = self.config.format.parse(
+                                record, key, self._image_prefix, self.config, doc_skips
+                            )
+                        except SkipSample as skip:
+                            doc = skip
+                        seed = f"{self.config.seed}/sample/{pass_index}/{part.index}/{index}"
+                        yield (pass_index, part_index, position + 1), key, doc, doc_skips, seed
+                finally:
+                    if records is not None:
+                        records.close()
             empty_passes = 0 if produced else empty_passes + 1
             if empty_passes > max_empty_passes:
                 carried.merge(self.skips)  # the shards' problems, never consumed with a document
@@ -269,6 +290,7 @@ class SlotStream:
                     single_image_drop_prob=fmt.single_image_drop_prob,
                     rng=random.Random(seed),
                     skips=self.skips,
+                    text_rule=fmt.text_rule,
                 )
             except SkipSample as skip:
                 self.skips.count(skip.reason, f"{key}: {skip.detail}")

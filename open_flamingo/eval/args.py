@@ -3,6 +3,8 @@
 import argparse
 import os
 
+from open_flamingo.src.pretrained_paths import open_clip_pretrained, resolve_pretrained_path
+
 from .eval_model import PRECISIONS
 from .sampling import effective_num_shots
 
@@ -51,18 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m open_flamingo.eval.evaluate",
         description="Few-shot evaluation of OpenFlamingo models, as OpenFlamingo evaluates them.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--model", default="open_flamingo", choices=["open_flamingo"])
-    model.add_argument("--vision_encoder_path", default="ViT-L-14")
     model.add_argument(
-        "--vision_encoder_pretrained", default="openai", help="open_clip tag, file, or 'none'"
+        "--model", default="open_flamingo", choices=["open_flamingo"], help="model wrapper"
+    )
+    model.add_argument("--vision_encoder_path", default="ViT-L-14", help="open_clip model name")
+    model.add_argument(
+        "--vision_encoder_pretrained",
+        type=open_clip_pretrained,
+        default="openai",
+        help="open_clip tag, file, or 'none'",
     )
     model.add_argument("--lm_path", required=True, help="HF id or folder of the language model")
     model.add_argument("--lm_tokenizer_path", default=None, help="default: --lm_path")
     model.add_argument("--checkpoint_path", default=None, help="OpenFlamingo checkpoint.pt")
-    model.add_argument("--cross_attn_every_n_layers", type=int, default=1)
-    model.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
+    model.add_argument(
+        "--cross_attn_every_n_layers",
+        type=int,
+        default=1,
+        help="as the checkpoint was trained (released: 3B 1, 4B 2, 9B 4)",
+    )
+    model.add_argument(
+        "--precision", default="fp32", choices=sorted(PRECISIONS), help="weights and autocast"
+    )
     model.add_argument(
         "--trust_remote_code", action="store_true", help="allow HF remote code (e.g. MPT-1B)"
     )
@@ -72,12 +87,25 @@ def build_parser() -> argparse.ArgumentParser:
     trials.add_argument(
         "--predictions_dir", default=None, help="keep every trial's predictions JSON here"
     )
-    trials.add_argument("--shots", nargs="+", type=int, default=[0, 4, 8, 16, 32])
-    trials.add_argument("--num_trials", type=int, default=1)
-    trials.add_argument("--trial_seeds", nargs="+", type=int, default=[42])
+    trials.add_argument(
+        "--shots",
+        nargs="+",
+        type=int,
+        default=[0, 4, 8, 16, 32],
+        help="demonstrations per query, one evaluation per value",
+    )
+    trials.add_argument("--num_trials", type=int, default=1, help="trials per shot count")
+    trials.add_argument(
+        "--trial_seeds", nargs="+", type=int, default=[42], help="one seed per trial"
+    )
     trials.add_argument("--num_samples", type=int, default=-1, help="test queries; -1: all")
-    trials.add_argument("--query_set_size", type=int, default=2048)
-    trials.add_argument("--batch_size", type=int, default=8)
+    trials.add_argument(
+        "--query_set_size",
+        type=int,
+        default=2048,
+        help="training items random demonstrations are drawn from",
+    )
+    trials.add_argument("--batch_size", type=int, default=8, help="queries per batch and process")
     trials.add_argument(
         "--no_caching_for_classification",
         action="store_true",
@@ -95,8 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="upstream OpenFlamingo's VQA normalisation (default) or the official VQA code's",
     )
     trials.add_argument("--rices", action="store_true", help="demonstrations by CLIP similarity")
-    trials.add_argument("--rices_vision_encoder_path", default="ViT-L-14")
-    trials.add_argument("--rices_vision_encoder_pretrained", default="openai")
+    trials.add_argument(
+        "--rices_vision_encoder_path", default="ViT-L-14", help="open_clip model for RICES"
+    )
+    trials.add_argument(
+        "--rices_vision_encoder_pretrained", default="openai", help="its pretrained tag"
+    )
     trials.add_argument(
         "--cached_demonstration_features",
         default=None,
@@ -109,9 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_path_flags(parser)
 
     launch = parser.add_argument_group("distributed (torchrun / accelerate launch)")
-    launch.add_argument("--dist-url", dest="dist_url", default="env://")
+    launch.add_argument(
+        "--dist-url", dest="dist_url", default="env://", help="process-group init method"
+    )
     launch.add_argument("--dist-backend", dest="dist_backend", default=None, help="default: auto")
-    launch.add_argument("--no-set-device-rank", dest="no_set_device_rank", action="store_true")
+    launch.add_argument(
+        "--no-set-device-rank",
+        dest="no_set_device_rank",
+        action="store_true",
+        help="use cuda:0 in every process (one visible GPU each), not cuda:<local rank>",
+    )
     launch.add_argument("--horovod", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -149,6 +188,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if args.cached_demonstration_features and not args.rices:
         parser.error("--cached_demonstration_features only applies with --rices")
+    for flag in ("lm_path", "lm_tokenizer_path"):
+        if getattr(args, flag) is None:
+            continue
+        try:
+            resolve_pretrained_path(getattr(args, flag))
+        except FileNotFoundError as error:
+            parser.error(f"--{flag}: {error}")
     if args.checkpoint_path and not os.path.isfile(args.checkpoint_path):
         parser.error(f"--checkpoint_path {args.checkpoint_path}: no such file")
     if not any(getattr(args, f"eval_{name}") for name in DATASET_PATH_FLAGS):

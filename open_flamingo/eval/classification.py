@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
 
 from .eval_datasets import HM_CLASSNAMES, IMAGENET_CLASSNAMES, HatefulMemesDataset, ImageNetDataset
 from .prompts import hateful_memes_prompt, imagenet_prompt, with_demonstrations
@@ -50,15 +50,13 @@ def classification_query(name: str, demonstrations: list[dict], query: dict, num
 
 
 def roc_auc(labels: list[int], scores: list[float]) -> float:
-    """Area under the ROC curve (ties count half), the Mann-Whitney U statistic / (n+ n-);
-    equal to sklearn's roc_auc_score. NaN when only one class is present."""
-    labels, scores = np.asarray(labels, dtype=bool), np.asarray(scores, dtype=np.float64)
-    positives, negatives = labels.sum(), (~labels).sum()
-    if positives == 0 or negatives == 0:
+    """scikit-learn's ROC AUC (ties count half), as upstream computes it; NaN with a warning,
+    instead of sklearn's ValueError, when only one class is present (a small trial)."""
+    labels = np.asarray(labels, dtype=bool)
+    if labels.all() or not labels.any():
         logger.warning("ROC AUC is undefined with a single class among the labels.")
         return float("nan")
-    ranks = rankdata(scores)  # average ranks for ties
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
 
 
 def evaluate_classification(data: TaskData, *, args, world, eval_model, num_shots, seed, trial):

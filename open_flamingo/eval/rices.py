@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from open_flamingo.src.pretrained_paths import open_clip_pretrained
+
 # --cached_demonstration_features DIR holds one file per dataset, named as upstream's
 RICES_FEATURE_FILES = {
     "flickr": "flickr30.pkl",
@@ -31,11 +33,9 @@ def clip_image_encoder(
     vision_encoder_path: str, vision_encoder_pretrained: str | None, device="cpu"
 ) -> ImageEncoder:
     """An open_clip model's `encode_image`, L2-normalised, as a function of PIL images."""
-    if vision_encoder_pretrained is not None and vision_encoder_pretrained.lower() in ("", "none"):
-        vision_encoder_pretrained = None
     torch.manual_seed(0)  # identical weights on every process when randomly initialised
     model, _, preprocess = open_clip.create_model_and_transforms(
-        vision_encoder_path, pretrained=vision_encoder_pretrained
+        vision_encoder_path, pretrained=open_clip_pretrained(vision_encoder_pretrained)
     )
     model = model.to(device).eval()
 

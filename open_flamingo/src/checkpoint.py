@@ -1,71 +1,23 @@
-"""Checkpoints in OpenFlamingo's format.
+"""OpenFlamingo checkpoints: export the released `checkpoint.pt`, read any saved form, load.
 
-Our module tree stores each weight once:
-
-* `perceiver.*`
-* `lang_encoder.gated_cross_attn_layers.{i}.*` (the released `checkpoint.pt` keys)
-* `lang_encoder.<decoder layers>.{i}.decoder_layer.*` (the LM's own layers)
-* `lang_encoder.<input embedding>.weight`, `vision_encoder.*`, and the rest of the LM.
-
-open-flamingo 2.0.x registered modules under alias names too, so its files may hold:
-
-* `lang_encoder.<decoder layers>.{i}.gated_cross_attn_layer.*` (same tensors as
-  `gated_cross_attn_layers.{i}`; 2.0's training code saved only these),
-* `lang_encoder.old_decoder_blocks.{i}.*` (same tensors as `...{i}.decoder_layer.*`).
-
-`map_upstream_aliases` runs before every `Flamingo.load_state_dict`, so plain
-`model.load_state_dict(torch.load(path), strict=False)` loads any of these layouts (and plain
-Hugging Face layer keys `lang_encoder.<decoder layers>.{i}.<name>`).
+Which key loads where (our names, upstream's aliases, transformers-4 names) is in
+checkpoint_keys.py; whether a checkpoint fits a model, in checkpoint_fit.py. Plain
+`model.load_state_dict(torch.load(path), strict=False)` loads every released layout and reports
+keys that land nowhere as unexpected; `load_checkpoint` also refuses a checkpoint whose
+perceiver, cross-attention or embedding weights do not fit, naming the likely cause.
 """
 
+import logging
 import os
-import re
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from .checkpoint_fit import check_checkpoint_fits
+from .checkpoint_keys import required_checkpoint_keys
 
-def _canonical_key(key: str, decoder_layers_attr_name: str) -> str | None:
-    """Our key for an upstream alias key, or None if `key` is not an alias."""
-    layers = re.escape(f"lang_encoder.{decoder_layers_attr_name}")
-    match = re.match(rf"^{layers}\.(\d+)\.gated_cross_attn_layer\.(.+)$", key)
-    if match:
-        return f"lang_encoder.gated_cross_attn_layers.{match[1]}.{match[2]}"
-    match = re.match(r"^lang_encoder\.old_decoder_blocks\.(\d+)\.(.+)$", key)
-    if not match:
-        match = re.match(rf"^{layers}\.(\d+)\.(?!decoder_layer\.)(.+)$", key)
-    if match:
-        return f"lang_encoder.{decoder_layers_attr_name}.{match[1]}.decoder_layer.{match[2]}"
-    return None
-
-
-def map_upstream_aliases(module: nn.Module, state_dict: dict, prefix: str, *_args) -> None:
-    """`load_state_dict` pre-hook of Flamingo: rename alias keys in place (canonical keys win)."""
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        target = _canonical_key(key[len(prefix) :], module.decoder_layers_attr_name)
-        if target is not None:
-            value = state_dict.pop(key)
-            state_dict.setdefault(prefix + target, value)
-
-
-def input_embedding_key(model: nn.Module) -> str:
-    """State-dict key of the LM's input embedding weight, e.g. `lang_encoder.transformer.wte.weight`."""
-    embedding = model.lang_encoder.get_input_embeddings()
-    for name, module in model.lang_encoder.named_modules():
-        if module is embedding:
-            return f"lang_encoder.{name}.weight"
-    raise ValueError("The language model's input embedding is not one of its submodules.")
-
-
-def required_checkpoint_keys(model: nn.Module) -> list[str]:
-    """Keys a Flamingo checkpoint must provide: perceiver, cross-attention, input embedding."""
-    keys = [
-        k
-        for k in model.state_dict()
-        if k.startswith("perceiver.") or k.startswith("lang_encoder.gated_cross_attn_layers.")
-    ]
-    return keys + [input_embedding_key(model)]
+logger = logging.getLogger(__name__)
 
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -101,18 +53,22 @@ def read_checkpoint(checkpoint: str | os.PathLike | Mapping) -> dict[str, torch.
 
 
 def load_checkpoint(model: nn.Module, checkpoint: str | os.PathLike | Mapping):
-    """Load an OpenFlamingo checkpoint, refusing one that lacks a perceiver, cross-attention or
-    input-embedding weight (which `load_state_dict(strict=False)` would silently skip).
+    """Load an OpenFlamingo checkpoint (any form `read_checkpoint` reads) into a Flamingo model.
+
+    Raises CheckpointMismatchError (a ValueError), before anything is loaded, if a perceiver,
+    cross-attention or input-embedding weight is missing or has another shape, or if the
+    checkpoint holds such weights that land nowhere (cross-attention of another
+    `cross_attn_every_n_layers`). Other keys that land nowhere are logged.
 
     Returns the `load_state_dict` result (missing / unexpected keys).
     """
     state_dict = read_checkpoint(checkpoint)
+    check_checkpoint_fits(model, state_dict)
     result = model.load_state_dict(state_dict, strict=False)
-    missing = sorted(set(required_checkpoint_keys(model)) & set(result.missing_keys))
-    if missing:
-        shown = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
-        raise KeyError(
-            f"Checkpoint lacks {len(missing)} Flamingo weight(s): {shown}. Is it a checkpoint of "
-            "this architecture (same LM family, cross_attn_every_n_layers and vision encoder)?"
+    if result.unexpected_keys:
+        logger.warning(
+            "%d checkpoint key(s) are not in this model and were ignored, e.g. %s",
+            len(result.unexpected_keys),
+            result.unexpected_keys[0],
         )
     return result

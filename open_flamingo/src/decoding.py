@@ -10,8 +10,8 @@ but only if every step has the same shapes and reads and writes the same address
   static buffers at every step. `reorder_cache_in_place` keeps them in place (installed on the
   LM by `Flamingo`);
 * the media conditioning: the cross-attention keys and values of the images are computed once
-  per `generate` call, and the step locates `<image>` tokens without a host sync, counting
-  images in a buffer kept at a fixed address (flamingo_lm.MediaConditioning).
+  per `generate` call (media.MediaSession), at the prompt; a step only updates each row's image
+  count, in place, in a buffer kept at a fixed address (media.ImageCountBuffer).
 
 `compile_for_decoding` compiles the LM's decoding step with that in place. Tokens equal eager
 decoding's (tests/test_flamingo.py); whether it pays on a GPU is measured by
@@ -45,24 +45,52 @@ def compile_for_decoding(lang_encoder: nn.Module, **compile_kwargs) -> None:
     """Compile the decoding steps of `lang_encoder` (in place) for `generate` with a static cache.
 
     Every one-token call with a static cache (`generate(..., cache_implementation="static")` or
-    a `StaticCache` passed as `cache`), beam search included, then runs one compiled graph. The
-    prompt stays eager, as transformers does it: there the static cache allocates its buffers
-    and marks them as fixed addresses, which it cannot do inside a compiled region. Pass the
-    same `StaticCache` to every call, `reset()` in between, to keep those addresses from call to
-    call: a CUDA graph is re-recorded whenever they move. compile_kwargs go to torch.compile,
-    by default `mode="reduce-overhead"` (CUDA graphs) and `fullgraph=True`.
+    a `StaticCache` passed as `cache`), beam search included, then runs its decoder (the LM's
+    base model: embeddings, layers, final norm) as one compiled graph; the output head runs
+    eagerly after it. Every other call, the prompt included, stays eager, as transformers does
+    it: there the static cache allocates its buffers and marks them as fixed addresses, which
+    it cannot do inside a compiled region. Pass the same `StaticCache` to every call, `reset()`
+    in between, to keep those addresses from call to call: a CUDA graph is re-recorded whenever
+    they move. compile_kwargs go to torch.compile, by default `mode="reduce-overhead"` (CUDA
+    graphs) and `fullgraph=True`.
+
+    The base model is compiled with `nn.Module.compile` (its methods stay its class's); a
+    `DecodingStepsOnly` pair of forward hooks on the LM runs every other call with
+    torch.compile off.
     """
     compile_kwargs = {"mode": "reduce-overhead", "fullgraph": True, **compile_kwargs}
-    eager_forward = lang_encoder.forward
-    decoding_step = torch.compile(eager_forward, **compile_kwargs)
-
-    def forward(*args, **kwargs):
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
-        cache = next((kwargs[name] for name in CACHE_KWARGS if kwargs.get(name) is not None), None)
-        if getattr(cache, "is_compileable", False) and input_ids.shape[1] == 1:
-            return decoding_step(*args, **kwargs)
-        return eager_forward(*args, **kwargs)
-
-    lang_encoder.forward = forward
+    lang_encoder.base_model.compile(**compile_kwargs)
+    gate = DecodingStepsOnly()
+    lang_encoder.register_forward_pre_hook(gate.enter_lm_call, with_kwargs=True)
+    lang_encoder.register_forward_hook(gate.exit_lm_call, always_call=True)
     # transformers would otherwise compile its own call around this one for greedy decoding
     lang_encoder.generation_config.disable_compile = True
+
+
+def is_decoding_step(args: tuple, kwargs: dict) -> bool:
+    """Whether an LM call (its arguments) is a one-token step on a static cache."""
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    cache = next((kwargs[name] for name in CACHE_KWARGS if kwargs.get(name) is not None), None)
+    return (
+        getattr(cache, "is_compileable", False)
+        and input_ids is not None
+        and input_ids.shape[1] == 1
+    )
+
+
+class DecodingStepsOnly:
+    """Forward hooks on an LM whose base model is compiled: every call that is not a decoding
+    step (`is_decoding_step`) runs under `torch.compiler.set_stance("force_eager")`, restored
+    when the call returns or raises."""
+
+    def __init__(self):
+        self._eager = None  # the stance set for the current call, if any
+
+    def enter_lm_call(self, lang_encoder: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not torch.compiler.is_compiling() and not is_decoding_step(args, kwargs):
+            self._eager = torch.compiler.set_stance("force_eager")
+
+    def exit_lm_call(self, lang_encoder: nn.Module, args: tuple, output) -> None:
+        if self._eager is not None:
+            self._eager.__exit__(None, None, None)
+            self._eager = None

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import open_clip
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from .flamingo import Flamingo
+from .mosaic_gpt import load_causal_lm
 from .mpt_attention import use_sdpa_for_mpt
+from .pretrained_paths import resolve_pretrained_path
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +26,8 @@ PAD_TOKEN = "<PAD>"
 
 def _from_pretrained(auto_class, path: str, **kwargs):
     """`auto_class.from_pretrained(path)`; a path to a single `.gguf` file loads from its folder
-    with `gguf_file=`."""
+    with `gguf_file=`, a Hugging Face cache folder from its snapshot."""
+    path = resolve_pretrained_path(path)
     if path.endswith(".gguf") and Path(path).is_file():
         return auto_class.from_pretrained(
             str(Path(path).parent), gguf_file=Path(path).name, **kwargs
@@ -51,6 +54,26 @@ def load_flamingo_tokenizer(
     if tokenizer.pad_token is None:
         tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
     return tokenizer
+
+
+def model_dtype(
+    dtype: torch.dtype | str | None, torch_dtype: torch.dtype | str | None = None
+) -> torch.dtype:
+    """The dtype `create_model_and_transforms` builds in: `dtype` or its older name
+    `torch_dtype` (not both), as a torch.dtype or its name; float32 when neither is given."""
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree: pass one")
+    chosen = dtype if dtype is not None else torch_dtype
+    if chosen is None:
+        return torch.float32  # upstream's numerics; training and eval cast to their precision
+    if isinstance(chosen, str):
+        chosen = getattr(torch, chosen.removeprefix("torch."), None)
+    if not isinstance(chosen, torch.dtype) or not chosen.is_floating_point:
+        raise ValueError(
+            f"dtype {dtype if dtype is not None else torch_dtype!r} is not a floating-point "
+            "torch dtype: use torch.float32, torch.bfloat16 or torch.float16"
+        )
+    return chosen
 
 
 def set_trainable_parameters(model: Flamingo, freeze_lm_embeddings: bool = False) -> None:
@@ -109,6 +132,8 @@ def create_model_and_transforms(
     cache_dir: str | None = None,
     gradient_checkpointing: bool | str = False,
     trust_remote_code: bool = False,
+    dtype: torch.dtype | str | None = None,
+    torch_dtype: torch.dtype | str | None = None,
     **flamingo_kwargs,
 ):
     """Build an OpenFlamingo model, its image processor and its tokenizer.
@@ -117,8 +142,9 @@ def create_model_and_transforms(
         clip_vision_encoder_path: open_clip model name, e.g. "ViT-L-14".
         clip_vision_encoder_pretrained: open_clip pretrained tag (e.g. "openai"), a local weights
             file, or None for random initialisation.
-        lang_encoder_path: Hugging Face model id or local folder (or a `.gguf` file) of the LM.
-        tokenizer_path: Hugging Face id or local folder (or a `.gguf` file) of the tokenizer.
+        lang_encoder_path: Hugging Face model id, local folder, Hugging Face cache folder
+            (`models--ORG--NAME`) or `.gguf` file of the LM.
+        tokenizer_path: the same for the tokenizer.
         cross_attn_every_n_layers: insert cross-attention before every n-th decoder layer.
         use_local_files: only read local files (`local_files_only`).
         decoder_layers_attr_name: dotted path of the decoder layers, for LM families that are not
@@ -129,10 +155,14 @@ def create_model_and_transforms(
             "full" (whole layers), or "selective" (elementwise ops only, no extra matmuls).
         trust_remote_code: allow Hugging Face remote code (upstream always enabled it; here it
             is opt-in).
+        dtype: the dtype of the whole model, e.g. `torch.bfloat16` or "bfloat16". The LM is
+            read from disk in it (a 9B's LM in float32 needs about 36 GB of RAM), the rest is
+            cast to it. Default float32, upstream's numerics. `torch_dtype` is the same
+            argument under the name older Hugging Face code uses.
         **flamingo_kwargs: passed to `Flamingo`.
 
     Returns:
-        (model, image_processor, tokenizer): the Flamingo model (float32, frozen except the
+        (model, image_processor, tokenizer): the Flamingo model (in `dtype`, frozen except the
         perceiver, cross-attention and embeddings), open_clip's evaluation transform, and the
         tokenizer with Flamingo's special tokens.
 
@@ -141,6 +171,10 @@ def create_model_and_transforms(
         ...     "ViT-L-14", "openai", "anas-awadalla/mpt-1b-redpajama-200b",
         ...     "anas-awadalla/mpt-1b-redpajama-200b", cross_attn_every_n_layers=1)
     """
+    dtype = model_dtype(dtype, torch_dtype)
+    # checked before anything loads: a wrong path fails in seconds, not after the vision tower
+    lang_encoder_path = resolve_pretrained_path(lang_encoder_path)
+    tokenizer_path = resolve_pretrained_path(tokenizer_path)
     clip_model, _, image_processor = open_clip.create_model_and_transforms(
         clip_vision_encoder_path,
         pretrained=clip_vision_encoder_pretrained,
@@ -156,13 +190,12 @@ def create_model_and_transforms(
         cache_dir=cache_dir,
     )
 
-    lang_encoder = _from_pretrained(
-        AutoModelForCausalLM,
+    lang_encoder = load_causal_lm(  # MosaicGPT / MPT natively, others via AutoModelForCausalLM
         lang_encoder_path,
         local_files_only=use_local_files,
         trust_remote_code=trust_remote_code,
         cache_dir=cache_dir,
-        dtype=torch.float32,  # upstream numerics; training / eval cast to their precision
+        dtype=dtype,
     )
     model = assemble_flamingo(
         vision_encoder,
@@ -175,4 +208,15 @@ def create_model_and_transforms(
         decoder_layers_attr_name=decoder_layers_attr_name,
         **flamingo_kwargs,
     )
+    # the LM was read in `dtype` (its float32 buffers, such as RoPE's, as transformers keeps
+    # them); the parts built here follow it
+    for part in (model.vision_encoder, model.perceiver, model.lang_encoder.gated_cross_attn_layers):
+        part.to(dtype)
+    # what save_pretrained records (the open_clip name is needed to rebuild the vision tower)
+    model.created_from = {
+        "clip_vision_encoder_path": clip_vision_encoder_path,
+        "clip_vision_encoder_pretrained": clip_vision_encoder_pretrained,
+        "lang_encoder_path": lang_encoder_path,
+        "tokenizer_path": tokenizer_path,
+    }
     return model, image_processor, text_tokenizer

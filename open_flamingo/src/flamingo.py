@@ -8,16 +8,25 @@ import inspect
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
-from .checkpoint import map_upstream_aliases
+from .checkpoint_keys import map_upstream_aliases
 from .decoding import reorder_cache_in_place
-from .flamingo_lm import FlamingoDecoderLayer, MediaConditioning, insert_gated_cross_attention
+from .flamingo_folder import FlamingoFolderMixin
+from .flamingo_lm import FlamingoDecoderLayer, insert_gated_cross_attention
 from .helpers import PerceiverResampler
 from .lm_registry import infer_decoder_layers_attr_name, lm_hidden_size
+from .media import ImageCountBuffer, MediaSession
+from .mpt_attention import SdpaMptAttention
 from .recompute import normalize_policy
 
 
-class Flamingo(nn.Module):
+def _holds_data(tensor: torch.Tensor) -> bool:
+    """False for meta and fake tensors (FLOP counting, memory estimates): shapes, no values."""
+    return not (tensor.is_meta or isinstance(tensor, FakeTensor))
+
+
+class Flamingo(FlamingoFolderMixin, nn.Module):
     """OpenFlamingo model.
 
     Args:
@@ -62,20 +71,15 @@ class Flamingo(nn.Module):
         self.perceiver = PerceiverResampler(dim=vis_dim)
         self.lang_encoder = lang_encoder
 
-        # Not a module: per-call state shared by the decoder-layer wrappers and the LM hook.
-        self._conditioning = MediaConditioning(media_token_id)
-        insert_gated_cross_attention(
+        # Not a module: hands each LM call (generate's steps included) its MediaContext.
+        self._media = insert_gated_cross_attention(
             lang_encoder,
             decoder_layers_attr_name=self.decoder_layers_attr_name,
-            conditioning=self._conditioning,
             lang_dim=self.lang_dim,
             vis_dim=vis_dim,
             cross_attn_every_n_layers=cross_attn_every_n_layers,
         )
-        # Every LM call (including each step inside generate) locates <image> in its input_ids.
-        lang_encoder.register_forward_pre_hook(
-            self._conditioning.pre_forward_hook, with_kwargs=True
-        )
+        self._image_counts = ImageCountBuffer()  # where generate's decoding steps count images
         # Beam search keeps a static KV cache's buffers in place (CUDA graphs; decoding.py).
         lang_encoder._reorder_cache = reorder_cache_in_place
         # transformers >= 5.24 names the KV cache argument `cache`; earlier 5.x `past_key_values`.
@@ -98,7 +102,9 @@ class Flamingo(nn.Module):
         """Run the LM on `lang_x` conditioned on `vision_x`.
 
         Args:
-            vision_x: (B, T_img, F, C, H, W) images, F = 1; None after `cache_media`.
+            vision_x: (B, T_img, F, C, H, W) images, F = 1; None after `cache_media`. Row b
+                holds the images of text row b, in order; a row may have more images than
+                `<image>` tokens (padding), never fewer.
             lang_x: (B, L) token ids containing one `<image>` per image.
             attention_mask: (B, L), 1 for real tokens.
             labels: (B, L) targets (-100 = ignored); the LM shifts them.
@@ -109,26 +115,33 @@ class Flamingo(nn.Module):
 
         Returns:
             The LM's `CausalLMOutputWithPast` (logits (B, L, vocab), loss if labels given).
+
+        Raises:
+            ValueError: vision_x is not one row of images per text row, or a row has more
+                `<image>` tokens than images.
         """
-        cond = self._conditioning
-        if cond.use_cached_locations:
+        session = self._cached_media
+        if session is not None:
             if vision_x is not None:
                 raise ValueError(
                     "Media are cached (cache_media was called): pass vision_x=None, or call "
                     "uncache_media() first."
                 )
+            self._check_image_tokens(lang_x, session.num_media, "the media cached by cache_media")
         elif vision_x is None:
             raise ValueError("Pass vision_x, or cache media first with cache_media().")
         else:
-            cond.latents = self._encode_vision_x(vision_x)
+            self._check_media_inputs(vision_x, lang_x)
+            session = MediaSession(self._encode_vision_x(vision_x), self.media_token_id)
         lm_kwargs = {"input_ids": lang_x, "attention_mask": attention_mask, "labels": labels}
         if past_key_values is not None:
             lm_kwargs[self._cache_kwarg] = past_key_values
+        self._media.session = session
         try:
             return self.lang_encoder(**lm_kwargs, use_cache=use_cache)
         finally:
-            if clear_conditioned_layers:
-                cond.clear()
+            if clear_conditioned_layers:  # cached media included, as upstream
+                self._media.session = None
 
     @torch.no_grad()
     def generate(
@@ -141,7 +154,8 @@ class Flamingo(nn.Module):
         """Generate text conditioned on images; returns prompt + new tokens (B * n_ret, L + new).
 
         Args:
-            vision_x: (B, T_img, F, C, H, W) images, encoded once for the whole call.
+            vision_x: (B, T_img, F, C, H, W) images, encoded once for the whole call: one row
+                per prompt (they are repeated per beam and returned sequence here).
             lang_x: (B, L) prompt ids (left-pad batched prompts).
             attention_mask: (B, L).
             **kwargs: Hugging Face `generate` arguments (num_beams, max_new_tokens, do_sample,
@@ -151,31 +165,40 @@ class Flamingo(nn.Module):
         """
         kwargs.setdefault("eos_token_id", self.eoc_token_id)
         kwargs.setdefault("use_cache", True)
-        cond = self._conditioning
-        cond.latents = self._encode_vision_x(vision_x)
-        cond.image_count = None
-        cond.use_cached_locations = True
+        self._check_media_inputs(vision_x, lang_x, generating=True)
+        # Decoding steps hold no <image> token: they follow the prompt's last image (upstream).
+        session = MediaSession(
+            self._encode_vision_x(vision_x),
+            self.media_token_id,
+            follows_last_image=True,
+            count_buffer=self._image_counts,
+        )
+        self._media.session = session
         try:
             return self.lang_encoder.generate(
                 input_ids=lang_x, attention_mask=attention_mask, **kwargs
             )
         finally:
-            cond.clear()
+            self._media.session = None  # cache_media's media included, as upstream
 
     def cache_media(self, input_ids: torch.Tensor, vision_x: torch.Tensor) -> None:
         """Encode `vision_x` once and condition on `input_ids`'s `<image>` positions.
 
         Later `forward(vision_x=None, ...)` calls reuse them; inputs without `<image>` tokens
-        attend to the last image of `input_ids` (used for log-likelihood scoring).
+        attend to the last image of `input_ids` (used for log-likelihood scoring). A later input
+        of k * B rows pairs each media row with k consecutive text rows.
         """
-        cond = self._conditioning
-        cond.latents = self._encode_vision_x(vision_x)
-        cond.image_count = (input_ids == self.media_token_id).sum(dim=1)
-        cond.use_cached_locations = True
+        self._check_media_inputs(vision_x, input_ids)
+        self._media.session = MediaSession(
+            self._encode_vision_x(vision_x),
+            self.media_token_id,
+            follows_last_image=True,
+            image_count=(input_ids == self.media_token_id).sum(dim=1),
+        )
 
     def uncache_media(self) -> None:
         """Drop media cached by `cache_media`."""
-        self._conditioning.clear()
+        self._media.session = None
 
     def set_gradient_checkpointing(self, enable: bool | str = True) -> None:
         """Recompute perceiver layers and (cross-attention + decoder) layers in backward.
@@ -188,17 +211,63 @@ class Flamingo(nn.Module):
         for module in self.lang_encoder.modules():
             if isinstance(module, FlamingoDecoderLayer):
                 module.gradient_checkpointing = policy
+            elif isinstance(module, SdpaMptAttention):
+                module.recomputed_in_backward = policy is not None
 
     # ------------------------------------------------------------------ internals
-    def _encode_vision_x(self, vision_x: torch.Tensor) -> torch.Tensor:
-        """(B, T, F, C, H, W) images -> (B, T, n, Dv) perceiver latents (vision encoder frozen)."""
+    @property
+    def _cached_media(self) -> MediaSession | None:
+        """The session `cache_media` opened, while it lasts."""
+        session = self._media.session
+        return session if session is not None and session.follows_last_image else None
+
+    def _check_media_inputs(
+        self, vision_x: torch.Tensor, lang_x: torch.Tensor, generating: bool = False
+    ) -> None:
+        """Raise ValueError unless vision_x (B, T_img, 1, C, H, W) gives every row of lang_x
+        (B, L) an image for each of its `<image>` tokens.
+
+        More images than `<image>` tokens is fine (rows padded to the longest). Counting the
+        tokens reads one number back from the device: once per call, never per decoding step.
+        """
         if vision_x.ndim != 6:
             raise ValueError(
                 f"vision_x must have shape (B, T_img, F, C, H, W), got {tuple(vision_x.shape)}"
             )
+        if vision_x.shape[2] != 1:
+            raise ValueError(
+                f"Only single-frame media are supported (F == 1), got F = {vision_x.shape[2]}"
+            )
+        if vision_x.shape[0] != lang_x.shape[0]:
+            beams = " (generate repeats them per beam and returned sequence)" if generating else ""
+            raise ValueError(
+                f"vision_x has {vision_x.shape[0]} rows of images but lang_x has "
+                f"{lang_x.shape[0]} rows of text: give one row of images per text row, in the "
+                f"same order{beams}."
+            )
+        self._check_image_tokens(lang_x, vision_x.shape[1], "vision_x")
+
+    def _check_image_tokens(self, lang_x: torch.Tensor, num_media: int, source: str) -> None:
+        """Raise ValueError if a row of lang_x (B, L) has more `<image>` tokens than the
+        `num_media` images per row of `source`."""
+        if torch.compiler.is_compiling() or lang_x.numel() == 0 or not _holds_data(lang_x):
+            return  # a data-dependent check: eager calls on real tensors only
+        counts = (lang_x == self.media_token_id).sum(dim=1)  # (B,)
+        most = int(counts.max())  # the device-to-host sync
+        if most > num_media:
+            rows = (counts > num_media).nonzero().flatten().tolist()
+            raise ValueError(
+                f"Row(s) {rows} of the text hold up to {most} <image> tokens, but {source} has "
+                f"{num_media} image(s) per row (T_img): each <image> token needs an image. Give "
+                f"vision_x at least {most} images per row (pad rows with fewer, e.g. with zeros: "
+                "an image after a row's last <image> token is never attended), or remove the "
+                "extra <image> tokens."
+            )
+
+    def _encode_vision_x(self, vision_x: torch.Tensor) -> torch.Tensor:
+        """(B, T, F, C, H, W) images -> (B, T, n, Dv) perceiver latents (vision encoder frozen);
+        shapes checked by `_check_media_inputs`."""
         b, t, f = vision_x.shape[:3]
-        if f != 1:
-            raise ValueError(f"Only single-frame media are supported (F == 1), got F = {f}")
         images = vision_x.flatten(0, 2)  # (B*T*F, C, H, W)
         encoder_param = next(self.vision_encoder.parameters(), None)
         if encoder_param is not None:

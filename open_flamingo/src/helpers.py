@@ -179,23 +179,16 @@ class MaskedCrossAttention(nn.Module):
         x: torch.Tensor,
         media: torch.Tensor,
         text_time: torch.Tensor,
-        media_kv_cache: dict | None = None,
+        media_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x: (B, L, D) text; media: (B, T, n, Dv) latents; text_time: (B, L). Returns (B, L, D).
 
-        media_kv_cache: during decoding the media do not change between steps, so their keys and
-        values are computed once per media tensor and kept here (keyed by this module).
+        media_kv: `media_keys_values(media)` when the caller already has them (decoding: the
+        media do not change between steps); None: computed here.
         """
         b, t, n, _ = media.shape
         q = _split_heads(self.to_q(self.norm(x)), self.heads)  # (B, h, L, d)
-        if media_kv_cache is None:
-            k, v = self.media_keys_values(media)
-        else:
-            cached = media_kv_cache.get(id(self))
-            if cached is None or cached[0] is not media:
-                cached = (media, *self.media_keys_values(media))
-                media_kv_cache[id(self)] = cached
-            k, v = cached[1:]
+        k, v = self.media_keys_values(media) if media_kv is None else media_kv
         mask, has_media = media_attention_mask(text_time, t, n, self.only_attend_immediate_media)
         q = q * has_media[:, None, :, None].to(q.dtype)  # uniform weights where nothing allowed
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
@@ -236,9 +229,10 @@ class GatedCrossAttentionBlock(nn.Module):
         x: torch.Tensor,
         media: torch.Tensor,
         text_time: torch.Tensor,
-        media_kv_cache: dict | None = None,
+        media_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """x: (B, L, D); media: (B, T, n, Dv); text_time: (B, L). Returns (B, L, D)."""
-        x = self.attn(x, media, text_time, media_kv_cache) * self.attn_gate.tanh() + x
+        """x: (B, L, D); media: (B, T, n, Dv); text_time: (B, L); media_kv: the media's keys
+        and values, if already computed (`MaskedCrossAttention`). Returns (B, L, D)."""
+        x = self.attn(x, media, text_time, media_kv) * self.attn_gate.tanh() + x
         x = self.ff(x) * self.ff_gate.tanh() + x
         return x

@@ -8,7 +8,8 @@ from torch import nn
 
 DECODER_LAYERS_BY_MODEL_TYPE: dict[str, str] = {
     "mpt": "transformer.blocks",
-    # MPT-1B-RedPajama's remote code (the LM of the released OpenFlamingo-3B).
+    # MPT-1B-RedPajama's remote-code model (OpenFlamingo-3B's LM), if one is passed in;
+    # load_causal_lm (mosaic_gpt.py) loads it as transformers' MPT, model_type "mpt".
     "mosaic_gpt": "transformer.blocks",
     "llama": "model.layers",
     "mistral": "model.layers",

@@ -1,42 +1,39 @@
-"""Scaled-dot-product attention for Hugging Face's MPT.
+"""Scaled-dot-product attention for Hugging Face's MPT, as modules registered in place.
 
 transformers' `MptAttention` only has an eager path: it materialises the (B, h, L, K) scores,
 adds ALiBi, and keeps a float32 softmax of them for backward — at OF-3B training shapes about
-0.8 GB per layer, 19 GB over 24 layers. Here the same attention runs through
+0.8 GB per layer, 19 GB over 24 layers. `SdpaMptAttention` runs the same attention through
 `torch.nn.functional.scaled_dot_product_attention` (fused kernels, nothing of size L x K kept),
 with ALiBi and the causal / padding mask folded into one additive mask. That mask is built once
-per LM call and shared by all layers.
+per LM call and shared by all layers (`SharedMask`).
+
+`use_sdpa_for_mpt` puts one in place of each `MptAttention` (`block.attn`): a new module that
+holds the old one's weights under the same names, so state-dict keys do not change.
 
 Numerics: the eager path adds ALiBi to the scores and puts `finfo.min` at masked positions
 before the softmax; the additive mask here holds exactly those values, so float32 results agree
 to rounding (tests/test_mpt_attention.py), and in bfloat16 the kernel keeps the scores in float32
 where eager rounds them to bfloat16.
-"""
 
-import types
+QK-LayerNorm (`attn_config.qk_ln`, which transformers' MPT ignores) lives on the attention module
+as `q_ln` / `k_ln` (open_flamingo/src/mpt_norms.py adds them, with `EagerMptAttention`:
+transformers' eager attention plus QK-LayerNorm, for a model not run through SDPA).
+"""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .recompute import in_checkpointed_region
 
-
-class _SharedMask:
-    """The additive mask of the current LM call, reused by every layer (same inputs).
-
-    Not inside a checkpointed layer: there the layer's replay in backward must run the same
-    ops as its forward, and nothing of the region is kept for backward anyway. Not under
-    torch.compile either: the compiled graph is pure, with no tensors kept on the side.
-    """
+class SharedMask:
+    """The additive mask of the current LM call, reused by every layer (MPT passes each layer
+    the same ALiBi and boolean mask objects). Kept until the next call builds another."""
 
     def __init__(self):
         self.inputs: tuple | None = None
         self.mask: torch.Tensor | None = None
 
     def get(self, position_bias, attention_mask, dtype, key_length, filled) -> torch.Tensor:
-        if in_checkpointed_region() or torch.compiler.is_compiling():
-            return additive_mask(position_bias, attention_mask, dtype, key_length, filled)
         inputs = (position_bias, attention_mask, filled, dtype, key_length)
         if (
             self.inputs is None
@@ -95,56 +92,178 @@ def additive_mask(
     return mask
 
 
-def _sdpa_forward(
-    self,
-    hidden_states: torch.Tensor,
-    position_bias: torch.Tensor,
-    cache=None,
-    attention_mask: torch.Tensor | None = None,
-    past_key_values=None,
-    **kwargs,
-):
-    """MptAttention.forward through SDPA. hidden_states: (B, L, D). Returns ((B, L, D), None)."""
-    cache = cache if cache is not None else past_key_values  # transformers >= 5.24 / earlier
+def qkv_heads(attn: nn.Module, hidden_states: torch.Tensor):
+    """hidden_states: (B, L, D) -> q, k, v, each (B, h, L, d), as MPT computes them.
+
+    Wqkv, clamped to +-clip_qkv when set; then, when the module has QK-LayerNorm (`q_ln`,
+    `k_ln`), q and k normalised over the full width D before the split into heads. A plain
+    LayerNorm returns float32 under CUDA autocast: its output goes back to the input's dtype.
+    """
     batch_size, seq_length = hidden_states.shape[:2]
-    qkv = self.Wqkv(hidden_states)
-    if self.clip_qkv:
-        qkv = qkv.clamp(min=-self.clip_qkv, max=self.clip_qkv)
-    q, k, v = (
-        t.reshape(batch_size, seq_length, self.n_heads, self.head_dim).transpose(1, 2)
-        for t in qkv.chunk(3, dim=2)
-    )  # (B, h, L, d) each
-    filled = None
-    if cache is not None:
-        k, v = cache.update(k, v, self.layer_idx)
-        if getattr(cache, "is_compileable", False):  # static: k holds max_cache_len slots
-            filled = cache.get_seq_length(self.layer_idx)
-    mask = self._shared_mask.get(position_bias, attention_mask, q.dtype, k.shape[-2], filled)
-    out = F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=mask,
-        dropout_p=self.attn_dropout_p if self.training else 0.0,
-        scale=self.softmax_scale,
-    )  # (B, h, L, d)
-    out = out.transpose(1, 2).reshape(batch_size, seq_length, -1)
-    return self.out_proj(out), None
+    qkv = attn.Wqkv(hidden_states)
+    if attn.clip_qkv:
+        qkv = qkv.clamp(min=-attn.clip_qkv, max=attn.clip_qkv)
+    q, k, v = qkv.chunk(3, dim=2)  # (B, L, D) each
+    if getattr(attn, "q_ln", None) is not None:
+        q = attn.q_ln(q).to(q.dtype)
+        k = attn.k_ln(k).to(k.dtype)
+    return tuple(
+        t.reshape(batch_size, seq_length, attn.n_heads, attn.head_dim).transpose(1, 2)
+        for t in (q, k, v)
+    )
+
+
+def _cached(attn: nn.Module, cache, k: torch.Tensor, v: torch.Tensor):
+    """k, v (B, h, L, d) appended to `cache` (if any). Returns (k, v) of all K keys and, for a
+    static cache of K slots, how many hold keys (a 0-dim tensor; None otherwise)."""
+    if cache is None:
+        return k, v, None
+    k, v = cache.update(k, v, attn.layer_idx)
+    if getattr(cache, "is_compileable", False):  # static: k holds max_cache_len slots
+        return k, v, cache.get_seq_length(attn.layer_idx)
+    return k, v, None
+
+
+MPT_ATTENTION_SETTINGS = (
+    "hidden_size",
+    "n_heads",
+    "max_seq_length",
+    "head_dim",
+    "softmax_scale",
+    "attn_dropout_p",
+    "clip_qkv",
+    "layer_idx",
+)
+
+
+class _MptAttention(nn.Module):
+    """An MPT attention module registered in place of `attn`, holding its weights under the
+    same names (`Wqkv`, `out_proj`, and `q_ln` / `k_ln` where QK-LayerNorm is on) and its
+    settings. forward takes `MptBlock`'s arguments: hidden_states (B, L, D), position_bias
+    (h, 1, S) ALiBi, attention_mask (B, 1, L, K) bool (True = masked), and the KV cache."""
+
+    def __init__(self, attn: nn.Module):
+        super().__init__()
+        self.Wqkv = attn.Wqkv
+        self.out_proj = attn.out_proj
+        self.q_ln = getattr(attn, "q_ln", None)
+        self.k_ln = getattr(attn, "k_ln", None)
+        for name in MPT_ATTENTION_SETTINGS:
+            setattr(self, name, getattr(attn, name))
+        self.train(attn.training)
+
+    def _heads(self, hidden_states: torch.Tensor, cache, past_key_values):
+        """q (B, h, L, d) and k, v (B, h, K, d) of all keys, through the cache if any; `filled`:
+        for a static cache, how many of its slots hold keys (`_cached`)."""
+        cache = cache if cache is not None else past_key_values  # transformers >= 5.24 / earlier
+        q, k, v = qkv_heads(self, hidden_states)
+        k, v, filled = _cached(self, cache, k, v)
+        return q, k, v, filled
+
+
+class EagerMptAttention(_MptAttention):
+    """transformers' eager MptAttention, with QK-LayerNorm.
+
+    The same ops in the same order as transformers' (float32 softmax of the scores plus ALiBi,
+    `finfo.min` at masked keys), so that without QK-LayerNorm the numbers are transformers'.
+    With a static cache the keys get the ALiBi of a dynamic cache (`alibi_bias`). Returns
+    ((B, L, D), (B, h, L, K) weights).
+    """
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_bias: torch.Tensor,
+        cache=None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ):
+        batch_size, seq_length = hidden_states.shape[:2]
+        q, k, v, filled = self._heads(hidden_states, cache, past_key_values)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.softmax_scale  # (B, h, L, K)
+        if position_bias is not None:
+            scores = scores + alibi_bias(position_bias, k.shape[-2], filled)
+        if attention_mask is not None:
+            scores = scores.masked_fill(attention_mask, torch.finfo(q.dtype).min)
+        weights = F.softmax(scores.float(), dim=-1).to(v.dtype)
+        weights = F.dropout(weights, p=self.attn_dropout_p, training=self.training)
+        out = torch.matmul(weights, v).transpose(1, 2).reshape(batch_size, seq_length, -1)
+        return self.out_proj(out), weights
+
+
+class SdpaMptAttention(_MptAttention):
+    """MPT attention through SDPA. Returns ((B, L, D), None): attention weights are not
+    materialised (with `output_attentions=True` they come back None).
+
+    The additive mask comes from `shared_mask`, built by the first layer of each LM call,
+    except where the layer must build its own: under torch.compile (the compiled graph is
+    pure, with no tensors kept on the side) and when `recomputed_in_backward` (its layer is
+    under activation checkpointing, set by `Flamingo.set_gradient_checkpointing`) while
+    training: the replay in backward must run the same ops as the forward, and nothing of the
+    layer is kept for backward anyway.
+    """
+
+    def __init__(self, attn: nn.Module, shared_mask: SharedMask):
+        super().__init__(attn)
+        self.shared_mask = shared_mask
+        self.recomputed_in_backward = False
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_bias: torch.Tensor,
+        cache=None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values=None,
+        **kwargs,
+    ):
+        batch_size, seq_length = hidden_states.shape[:2]
+        q, k, v, filled = self._heads(hidden_states, cache, past_key_values)
+        mask_inputs = (position_bias, attention_mask, q.dtype, k.shape[-2], filled)
+        if torch.compiler.is_compiling() or (
+            self.recomputed_in_backward and self.training and torch.is_grad_enabled()
+        ):
+            mask = additive_mask(*mask_inputs)
+        else:
+            mask = self.shared_mask.get(*mask_inputs)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.attn_dropout_p if self.training else 0.0,
+            scale=self.softmax_scale,
+        )  # (B, h, L, d)
+        out = out.transpose(1, 2).reshape(batch_size, seq_length, -1)
+        return self.out_proj(out), None
+
+
+def replace_attention(root: nn.Module, make) -> int:
+    """Register `make(attn)` in place of every MPT attention module `attn` under `root`
+    (transformers' MptAttention or one of ours); returns how many."""
+    from transformers.models.mpt.modeling_mpt import MptAttention
+
+    replaced = 0
+    for parent in list(root.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (MptAttention, _MptAttention)):
+                setattr(parent, name, make(child))
+                replaced += 1
+    return replaced
 
 
 def use_sdpa_for_mpt(lang_encoder: nn.Module) -> int:
-    """Run every MptAttention of `lang_encoder` through SDPA (in place); returns how many.
+    """Run every MPT attention of `lang_encoder` through SDPA (in place); returns how many.
 
-    Only the bound `forward` changes: module classes, parameters and state-dict keys stay.
-    Attention weights are not materialised: with `output_attentions=True` they come back None.
+    Each becomes a `SdpaMptAttention` holding the same weights under the same names, and all
+    share one mask per LM call.
     """
-    from transformers.models.mpt.modeling_mpt import MptAttention
+    shared = SharedMask()
+    return replace_attention(lang_encoder, lambda attn: SdpaMptAttention(attn, shared))
 
-    shared = _SharedMask()
-    patched = 0
-    for module in lang_encoder.modules():
-        if isinstance(module, MptAttention):
-            module._shared_mask = shared
-            module.forward = types.MethodType(_sdpa_forward, module)
-            patched += 1
-    return patched
+
+def use_eager_mpt_attention(lang_encoder: nn.Module) -> int:
+    """Run every MPT attention of `lang_encoder` eagerly, as transformers does (in place);
+    returns how many."""
+    return replace_attention(lang_encoder, EagerMptAttention)

@@ -9,7 +9,6 @@
 """
 
 import functools
-import threading
 
 import torch
 from torch.utils.checkpoint import (
@@ -33,27 +32,6 @@ SAVED_OPS = {
     _aten._scaled_dot_product_cudnn_attention.default,
     _aten._scaled_dot_product_flash_attention_for_cpu.default,
 }
-
-
-_region = threading.local()
-
-
-def in_checkpointed_region() -> bool:
-    """True while a checkpointed layer runs, in its forward and in its replay in backward.
-    Code there must do the same ops both times (no caches shared across layers)."""
-    return getattr(_region, "depth", 0) > 0
-
-
-def _as_region(function):
-    @functools.wraps(function)
-    def run(*args, **kwargs):
-        _region.depth = getattr(_region, "depth", 0) + 1
-        try:
-            return function(*args, **kwargs)
-        finally:
-            _region.depth -= 1
-
-    return run
 
 
 def _keep_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
@@ -94,7 +72,6 @@ def _without_autocast_cache(function, device_type: str):
 
 def checkpointed(policy: str, function, *args, **kwargs):
     """`function(*args, **kwargs)` under activation checkpointing with `policy`."""
-    function = _as_region(function)
     if policy == "full":
         return checkpoint(function, *args, use_reentrant=False, **kwargs)
     device_type = next(a.device.type for a in args if isinstance(a, torch.Tensor))

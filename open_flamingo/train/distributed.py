@@ -1,8 +1,9 @@
-"""The Accelerator of a run: process group, precision and DeepSpeed settings derived from the flags.
+"""The Accelerator of a run: process group, precision and DeepSpeed settings derived from its config.
 
 `accelerate launch --config_file accelerate_configs/<name>.yaml` chooses the backend (DDP, FSDP,
 DeepSpeed ZeRO stage and offload); everything that depends on the training flags (micro-batch,
-gradient accumulation, clipping, precision) is derived here, before the engine is built.
+gradient accumulation, clipping, precision) is derived here, before the engine is built. The
+run's training backend (backend/) is then chosen from the Accelerator this returns.
 """
 
 import logging
@@ -12,7 +13,8 @@ import torch
 from accelerate import Accelerator, DeepSpeedPlugin, InitProcessGroupKwargs
 from accelerate.state import AcceleratorState
 
-from .precision import PRECISION
+from .config import OptimConfig
+from .precision import mixed_precision as mixed_precision_of
 
 logger = logging.getLogger(__name__)
 
@@ -21,35 +23,30 @@ def using_deepspeed() -> bool:
     return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
-def optimizer_offloaded() -> bool:
-    """The launch config offloads DeepSpeed's optimizer to CPU (the *_slurm / offload configs)."""
-    device = os.environ.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "none")
-    return using_deepspeed() and device == "cpu"
-
-
-def deepspeed_plugin(args) -> DeepSpeedPlugin:
+def deepspeed_plugin(optim: OptimConfig, micro_batch_size: int) -> DeepSpeedPlugin:
     """DeepSpeed settings of this run. ZeRO stage and offload come from the accelerate config
-    (`accelerate launch` exports them); gradient accumulation, clipping and the micro-batch from
-    the flags. The micro-batch is what one process consumes per micro-step: one interleaved
-    batch plus one LAION batch. Precision follows --precision through `mixed_precision`
+    (`accelerate launch` exports them); gradient accumulation and clipping from `optim`. The
+    micro-batch is what one process consumes per micro-step: one interleaved batch plus one
+    LAION batch (TrainConfig.micro_batch_size). Precision follows --precision through `mixed_precision`
     (DeepSpeed keeps float32 master weights for both bf16 flags)."""
     plugin = DeepSpeedPlugin(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        gradient_clipping=args.max_grad_norm,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
+        gradient_clipping=optim.max_grad_norm,
     )
-    micro_batch = args.batch_size_interleaved + args.batch_size_laion
-    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
     return plugin
 
 
-def make_accelerator(args, project_dir: str) -> Accelerator:
-    mixed_precision, _ = PRECISION[args.precision]
+def make_accelerator(
+    optim: OptimConfig, micro_batch_size: int, project_dir: str, *, report_to_wandb: bool = False
+) -> Accelerator:
+    mixed_precision = mixed_precision_of(optim.precision)
     launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
     if launched and launched != mixed_precision:
         logger.warning(
             "The accelerate config asks for mixed_precision=%s; --precision %s wins (%s).",
             launched,
-            args.precision,
+            optim.precision,
             mixed_precision,
         )
     launched_processes = int(os.environ.get("WORLD_SIZE", "1"))
@@ -61,14 +58,14 @@ def make_accelerator(args, project_dir: str) -> Accelerator:
     # the same process (a notebook, a test, a benchmark sweep) sets its own; the process group
     # (PartialState) is kept.
     AcceleratorState._reset_state()
-    plugin = deepspeed_plugin(args) if using_deepspeed() else None
-    if plugin is not None and args.precision == "bf16":
+    plugin = deepspeed_plugin(optim, micro_batch_size) if using_deepspeed() else None
+    if plugin is not None and optim.precision == "bf16":
         mixed_precision = "bf16"
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        gradient_accumulation_steps=optim.gradient_accumulation_steps,
         mixed_precision=mixed_precision,
         deepspeed_plugin=plugin,
-        log_with="wandb" if args.report_to_wandb else None,
+        log_with="wandb" if report_to_wandb else None,
         kwargs_handlers=handlers,
         project_dir=project_dir,
     )

@@ -1,18 +1,34 @@
 """The training loop: epochs of micro-steps (`step.py`), an optimizer step every
 `gradient_accumulation_steps` micro-steps (gradients are synchronised only then), the schedule,
 logging and checkpoints.
+
+A micro-step whose loss or gradient is not finite is skipped (no update) with a warning; after
+`--max_nonfinite_steps` of them in a row the run stops with NonFiniteLossError. After each
+optimizer step the ranks agree whether a stop signal came (`preemption.py`); if so they save a
+checkpoint and `train()` returns REQUEUE_EXIT_CODE.
 """
 
+import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .agreement import any_rank
+from .backend import TrainingBackend
 from .checkpointing import checkpoint_steps, delete_previous_checkpoints, save_checkpoint
+from .config import TrainConfig
 from .metrics import MetricsLogger, peak_flops, peak_memory_gib
+from .preemption import REQUEUE_EXIT_CODE, StopRequest, mark_for_requeue
 from .step import TrainStep
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many micro-steps in a row had a non-finite loss or gradient."""
 
 
 @dataclass
@@ -21,54 +37,49 @@ class TrainerState:
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-steps done in the current epoch
     nonfinite_skipped: int = 0
-
-
-def embedding_gradient_mask(model, token_ids: list[int]):
-    """Keep the input-embedding gradient only on `token_ids` rows (upstream trains only the
-    `<image>` / `<|endofchunk|>` rows). A tensor hook, so it applies before DDP / DeepSpeed see
-    the gradient. Returns the hook handle. (FSDP replaces the weight: `fsdp.mask_embedding_rows`
-    instead, through `TrainStep`.)"""
-    weight = model.lang_encoder.get_input_embeddings().weight
-    mask = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-    mask[token_ids] = 1
-
-    def keep_rows(grad: torch.Tensor) -> torch.Tensor:
-        return grad * mask.to(device=grad.device, dtype=grad.dtype)
-
-    return weight.register_hook(keep_rows)
+    data_order: dict = field(default_factory=dict)  # run_folder.data_order, checked on resume
 
 
 class Trainer:
+    """Runs the loop over a model and optimizer that `backend.wrap` prepared."""
+
     def __init__(
         self,
-        args,
-        accelerator,
+        config: TrainConfig,
+        backend: TrainingBackend,
         model,
         optimizer,
         scheduler,
         loaders: dict,
         run_dir: Path,
         state: TrainerState | None = None,
-        sharded_embedding_rows: list[int] | None = None,
+        stop: StopRequest | None = None,
     ):
-        self.args = args
-        self.accelerator = accelerator
+        self.optim, self.logging = config.optim, config.logging
+        self.checkpoints = config.checkpoint
+        self.backend = backend
+        self.accelerator = backend.accelerator
         self.model = model
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.loaders = loaders
         self.run_dir = run_dir
         self.state = state or TrainerState()
-        self.metrics = MetricsLogger(run_dir, accelerator, args)
+        self.metrics = MetricsLogger(run_dir, self.accelerator, config.logging)
         self.num_batches = len(loaders["interleaved"])
-        self.total_steps = args.num_epochs * self.num_batches // args.gradient_accumulation_steps
-        self.micro_step = TrainStep(args, accelerator, model, optimizer, sharded_embedding_rows)
-        self.peak_flops = peak_flops(args.peak_tflops)
+        micro_steps = self.optim.gradient_accumulation_steps
+        self.total_steps = self.optim.num_epochs * self.num_batches // micro_steps
+        self.micro_step = TrainStep(config.optim, backend, model, optimizer)
+        self.peak_flops = peak_flops(config.logging.peak_tflops)
         self._window: dict[str, float] = {}
+        self.stop = stop or StopRequest()
+        self.nonfinite_in_a_row = 0
 
     # ------------------------------------------------------------------ the run
-    def train(self) -> None:
-        args, acc = self.args, self.accelerator
+    def train(self) -> int:
+        """Run to the end (returns 0), or until a stop signal (returns REQUEUE_EXIT_CODE after
+        saving a checkpoint)."""
+        acc, num_epochs = self.accelerator, self.optim.num_epochs
         progress = tqdm(
             total=self.total_steps,
             initial=self.state.step,
@@ -77,7 +88,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         window_start = time.perf_counter()
-        for epoch in range(self.state.epoch, args.num_epochs):
+        for epoch in range(self.state.epoch, num_epochs):
             self.state.epoch = epoch
             for loader in self.loaders.values():
                 loader.set_epoch(epoch)
@@ -89,8 +100,7 @@ class Trainer:
                 self._add("data_wait_s", time.perf_counter() - fetch_start)
                 result = self.micro_step(batch_interleaved, batch_laion)
                 self.state.batch_in_epoch += 1
-                if not result.finite:
-                    self.state.nonfinite_skipped += 1
+                self._count_finite(result)
                 for key in ("loss", "loss_interleaved", "loss_laion"):
                     self._add(key, getattr(result, key).item(), count=True)
                 self._add("tokens", result.tokens)
@@ -102,18 +112,68 @@ class Trainer:
                 self.scheduler.step()
                 self.state.step += 1
                 progress.update(1)
-                if self.state.step % args.logging_steps == 0:
+                if self.state.step % self.logging.logging_steps == 0:
                     elapsed = time.perf_counter() - window_start
                     self._log(elapsed, progress)
                     window_start = time.perf_counter()
                 if self._checkpoint_due():
                     self._save()
+                if any_rank(acc, self.stop.requested):
+                    return self._stop_early(progress)
             self.state.batch_in_epoch = 0
-        self.state.epoch = args.num_epochs
+        self.state.epoch = num_epochs
         if self.state.step not in checkpoint_steps(self.run_dir):
             self._save()
         progress.close()
         self.metrics.close()
+        return 0
+
+    def _stop_early(self, progress) -> int:
+        """Save a checkpoint of this step (unless there is one) and mark the job for requeue."""
+        if self.state.step not in checkpoint_steps(self.run_dir):
+            self._save()
+        progress.close()
+        self.metrics.close()
+        checkpoint = self.run_dir / f"checkpoint-{self.state.step}"
+        if self.accelerator.is_main_process:
+            mark_for_requeue(checkpoint)
+        any_rank(self.accelerator, False)  # no rank exits (ending the job step) before that
+        logger.warning(
+            "stopping at step %d on %s: %s is complete; continue with "
+            "--resume_from_checkpoint latest (exit status %d)",
+            self.state.step,
+            self.stop.signal_name or "another rank's signal",
+            checkpoint,
+            REQUEUE_EXIT_CODE,
+        )
+        return REQUEUE_EXIT_CODE
+
+    def _count_finite(self, result) -> None:
+        """Count a skipped micro-step, warn, and stop after too many in a row."""
+        if result.finite:
+            self.nonfinite_in_a_row = 0
+            return
+        self.state.nonfinite_skipped += 1
+        self.nonfinite_in_a_row += 1
+        limit = self.optim.max_nonfinite_steps
+        if self.accelerator.is_main_process:
+            logger.warning(
+                "step %d: non-finite loss or gradient (loss %.4g on this process), update "
+                "skipped; %d in a row (the run stops at %d, --max_nonfinite_steps)",
+                self.state.step + 1,
+                result.loss.item(),
+                self.nonfinite_in_a_row,
+                limit,
+            )
+        if self.nonfinite_in_a_row >= limit:
+            last = checkpoint_steps(self.run_dir)
+            raise NonFiniteLossError(
+                f"{self.nonfinite_in_a_row} micro-steps in a row had a non-finite loss or "
+                f"gradient (the last in step {self.state.step + 1}), so the run stops. Their "
+                "updates were skipped; the last checkpoint is "
+                f"{f'checkpoint-{last[-1]}' if last else 'none'}. Lower --learning_rate, check "
+                "the data, or raise --max_nonfinite_steps."
+            )
 
     # ------------------------------------------------------------------ helpers
     def _add(self, key: str, value: float, count: bool = False) -> None:
@@ -137,7 +197,7 @@ class Trainer:
             ),
             reduction="sum",
         ).tolist()
-        steps = self.args.logging_steps
+        steps = self.logging.logging_steps
         row = {
             "step": self.state.step,
             "epoch": self.state.epoch,
@@ -171,22 +231,22 @@ class Trainer:
         flops = self.micro_step.flops.flops
         if flops is None or self.peak_flops is None or step_time <= 0:
             return None
-        micro_steps = self.args.gradient_accumulation_steps
+        micro_steps = self.optim.gradient_accumulation_steps
         return flops * micro_steps / step_time / self.peak_flops
 
     def _checkpoint_due(self) -> bool:
         step = self.state.step
         return (
-            step % self.args.checkpointing_steps == 0
-            or step in self.args.special_checkpointing_steps
+            step % self.checkpoints.checkpointing_steps == 0
+            or step in self.checkpoints.special_checkpointing_steps
         )
 
     def _save(self) -> None:
         state = asdict(self.state)
         if self.state.batch_in_epoch >= self.num_batches:  # the epoch is complete
             state.update(epoch=self.state.epoch + 1, batch_in_epoch=0)
-        save_checkpoint(
-            self.accelerator,
+        folder = save_checkpoint(
+            self.backend,
             self.model,
             self.optimizer,
             self.scheduler,
@@ -194,7 +254,8 @@ class Trainer:
             state,
             self.run_dir,
         )
-        if self.args.delete_previous_checkpoint and self.accelerator.is_main_process:
+        self.metrics.save_checkpoint(folder / "checkpoint.pt")
+        if self.checkpoints.delete_previous_checkpoint and self.accelerator.is_main_process:
             delete_previous_checkpoints(
-                self.run_dir, self.state.step, self.args.special_checkpointing_steps
+                self.run_dir, self.state.step, self.checkpoints.special_checkpointing_steps
             )

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from .config import LoggingConfig
 
 # Dense bf16 peak, FLOP/s, by CUDA device name fragment (for MFU).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
@@ -28,42 +29,33 @@ def peak_memory_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30
 
 
-class StepFlops:
-    """Counts the FLOPs of one training step (forward + backward), once, with FlopCounterMode."""
-
-    def __init__(self):
-        self.flops: int | None = None
-        self._mode: FlopCounterMode | None = None
-
-    def __enter__(self):
-        if self.flops is None:
-            self._mode = FlopCounterMode(display=False)
-            self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._mode is not None:
-            self._mode.__exit__(*exc)
-            self.flops = self._mode.get_total_flops()
-            self._mode = None
-
-
 class MetricsLogger:
     """Writes one JSON row per logged step to `<run>/metrics.jsonl` (main process only) and
     forwards the same numbers to wandb when asked."""
 
-    def __init__(self, run_dir: Path, accelerator, args):
+    def __init__(self, run_dir: Path, accelerator, logging: LoggingConfig):
         self.accelerator = accelerator
         self.path = run_dir / "metrics.jsonl"
-        self.wandb = bool(args.report_to_wandb)
+        self.wandb = logging.report_to_wandb
+        self.save_checkpoints = logging.save_checkpoints_to_wandb
         if self.wandb:
-            if args.offline:
+            if logging.offline:
                 os.environ["WANDB_MODE"] = "offline"
             os.environ.setdefault("WANDB_DIR", str(run_dir))
-            init = {"wandb": {"name": args.run_name, "dir": str(run_dir)}}
-            if args.wandb_entity:
-                init["wandb"]["entity"] = args.wandb_entity
-            accelerator.init_trackers(args.wandb_project, config=vars(args), init_kwargs=init)
+            init = {"wandb": {"name": logging.run_name, "dir": str(run_dir)}}
+            if logging.wandb_entity:
+                init["wandb"]["entity"] = logging.wandb_entity
+            # the run's config: every flag, and the processes (as the trainer recorded them)
+            processes = {"world_size": accelerator.num_processes, "rank": accelerator.process_index}
+            config = {**logging.flags, **processes}
+            accelerator.init_trackers(logging.wandb_project, config=config, init_kwargs=init)
+
+    def save_checkpoint(self, path: Path) -> None:
+        """`--save_checkpoints_to_wandb`: upload a checkpoint's released weights (`path`, its
+        checkpoint.pt) to the wandb run, under `<checkpoint folder>/checkpoint.pt`."""
+        if self.wandb and self.save_checkpoints and self.accelerator.is_main_process:
+            run = self.accelerator.get_tracker("wandb", unwrap=True)
+            run.save(str(path), base_path=str(path.parent.parent), policy="now")
 
     def log(self, row: dict) -> None:
         if not self.accelerator.is_main_process:

@@ -1,4 +1,5 @@
-"""--precision: the weight dtypes of a training run and its autocast.
+"""--precision in training: the weight dtypes of a run and its autocast (the table of dtypes is
+`open_flamingo/src/precision.py`, shared with evaluation).
 
 Under `amp_bf16` (upstream's default) every matmul runs in bfloat16 under autocast, which casts
 float32 weights to bfloat16 at each call. For trainable weights that is what float32 master
@@ -14,13 +15,25 @@ where autocast runs in float32 and bfloat16 storage would change results.
 import torch
 from torch import nn
 
-# --precision -> (accelerate mixed_precision, dtype of the model weights)
-PRECISION = {
-    "fp32": ("no", torch.float32),
-    "amp_bf16": ("bf16", torch.float32),  # float32 weights, bfloat16 autocast (upstream default)
-    "bf16": ("no", torch.bfloat16),  # pure bfloat16 weights, as upstream's "bf16"
-    "fp16": ("fp16", torch.float32),  # float32 weights, float16 autocast with loss scaling
-}
+from open_flamingo.src.precision import PRECISIONS, Precision
+
+# The trainer's `fp16` is float16 autocast over float32 weights, with loss scaling (accelerate's
+# "fp16"), not float16 weights: AdamW on float16 weights, without float32 master copies, drops
+# every update below float16's resolution.
+_TRAINING_NAMES = {"fp16": "amp"}
+# autocast dtype -> accelerate's `mixed_precision`
+_MIXED_PRECISION = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def training_precision(flag: str) -> Precision:
+    """The weight and autocast dtypes the trainer's `--precision flag` means."""
+    return PRECISIONS[_TRAINING_NAMES.get(flag, flag)]
+
+
+def mixed_precision(flag: str) -> str:
+    """accelerate's `mixed_precision` for the trainer's `--precision flag`."""
+    return _MIXED_PRECISION[training_precision(flag).autocast]
+
 
 # Modules whose forward autocast casts to the autocast dtype (weights included).
 _AUTOCAST_CAST = (nn.Linear, nn.Conv1d, nn.Conv2d)
@@ -43,13 +56,14 @@ def store_frozen_matmul_weights_in_bf16(model: nn.Module) -> int:
     return converted
 
 
-def cast_for_precision(model: nn.Module, precision: str, distributed_type: str = "NO") -> None:
+def cast_for_precision(model: nn.Module, precision: str, *, one_weight_dtype: bool = False) -> None:
     """Put the model's weights in the dtypes `--precision` trains with (in place).
 
-    `distributed_type` is accelerate's (`accelerator.distributed_type.name`). FSDP flattens
-    each unit's parameters into one tensor of one dtype, and DeepSpeed casts the whole model to
-    its own precision, so frozen weights are left as they are under either.
+    `one_weight_dtype`: the training backend keeps every weight in one dtype (FSDP flattens
+    each unit's parameters into one tensor, DeepSpeed casts the whole model to its own
+    precision), so frozen weights are left as they are (backend/).
     """
-    model.to(PRECISION[precision][1])
-    if precision == "amp_bf16" and distributed_type not in ("FSDP", "DEEPSPEED"):
+    dtypes = training_precision(precision)
+    model.to(dtypes.weights)
+    if dtypes == PRECISIONS["amp_bf16"] and not one_weight_dtype:
         store_frozen_matmul_weights_in_bf16(model)

@@ -2,7 +2,9 @@
 
 loss = loss_interleaved * loss_multiplier_interleaved + loss_laion * loss_multiplier_laion, one
 backward, then (at an accumulation boundary) gradient clipping and the optimizer step. A
-non-finite loss on any rank makes every rank skip the backward, so ranks never fall out of step.
+non-finite loss on any rank makes every rank skip the backward, so ranks never fall out of step;
+a non-finite gradient norm (the same on every rank) skips the optimizer step.
+What DDP, DeepSpeed and FSDP do differently is the training backend's (backend/).
 The trainer (`loop.py`) and `scripts/benchmark_train.py` both run exactly this.
 """
 
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .fsdp import mask_embedding_rows, whole
-from .metrics import StepFlops
+from .backend import TrainingBackend
+from .config import OptimConfig
+from .flops import StepFlops
 
 
 @dataclass
@@ -21,30 +24,26 @@ class StepResult:
     loss_interleaved: torch.Tensor
     loss_laion: torch.Tensor
     finite: bool
-    grad_norm: float | None  # after a synchronised step without DeepSpeed, else None
+    grad_norm: float | None  # at a boundary, where the backend clips (not DeepSpeed's engine)
     tokens: int  # attended tokens of both batches on this process
     samples: int
 
 
 class TrainStep:
-    """Callable micro-step over an `accelerator.prepare`d model and optimizer.
+    """Callable micro-step over a model and optimizer that `backend.wrap` prepared.
 
-    `max_grad_norm` and the loss multipliers come from the training flags. FLOPs of the first
-    call on the main process are counted (`self.flops`), for MFU. `sharded_embedding_rows`:
-    under FSDP, the input-embedding rows whose gradient is kept (fsdp.py).
+    `max_grad_norm` and the loss multipliers come from the run's OptimConfig. FLOPs of the first
+    call on the main process are counted (`self.flops`), for MFU.
     """
 
-    def __init__(self, args, accelerator, model, optimizer, sharded_embedding_rows=None):
-        self.args = args
-        self.accelerator = accelerator
+    def __init__(self, optim: OptimConfig, backend: TrainingBackend, model, optimizer):
+        self.optim = optim
+        self.backend = backend
+        self.accelerator = backend.accelerator
         self.model = model
         self.optimizer = optimizer
-        self.deepspeed = accelerator.distributed_type.name == "DEEPSPEED"
-        self.ddp = accelerator.distributed_type.name in ("MULTI_GPU", "MULTI_CPU")
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         self.flops = StepFlops()
-        self.sharded_embedding_rows = sharded_embedding_rows
-        self.embedding = accelerator.unwrap_model(model).lang_encoder.get_input_embeddings()
 
     def loss(self, batch: dict) -> torch.Tensor:
         device = self.accelerator.device
@@ -61,27 +60,28 @@ class TrainStep:
         return self.accelerator.reduce(bad, reduction="sum").item() == 0
 
     def __call__(self, batch_interleaved: dict, batch_laion: dict) -> StepResult:
-        args, acc = self.args, self.accelerator
+        optim, acc = self.optim, self.accelerator
         measure = self.flops if acc.is_main_process else contextlib.nullcontext()
         with acc.accumulate(self.model), measure:
-            # DDP: the first forward must not arm the gradient reduction; the backward of the
-            # summed loss then reduces each gradient once.
-            first = acc.no_sync(self.model) if self.ddp else contextlib.nullcontext()
-            with first:
+            with self.backend.deferred_gradient_sync(self.model):
                 loss_laion = self.loss(batch_laion)
             loss_interleaved = self.loss(batch_interleaved)
             loss = (
-                loss_interleaved * args.loss_multiplier_interleaved
-                + loss_laion * args.loss_multiplier_laion
+                loss_interleaved * optim.loss_multiplier_interleaved
+                + loss_laion * optim.loss_multiplier_laion
             )
             finite = self._all_finite(loss.detach())
             if finite:
                 acc.backward(loss)
             grad_norm = None
-            if finite and acc.sync_gradients and not self.deepspeed:
-                if self.sharded_embedding_rows:
-                    mask_embedding_rows(self.embedding.weight, self.sharded_embedding_rows)
-                grad_norm = whole(acc.clip_grad_norm_(self.trainable, args.max_grad_norm))
+            if finite and acc.sync_gradients:
+                grad_norm = self.backend.clip_gradients(self.trainable, optim.max_grad_norm)
+            if grad_norm is not None:
+                # The norm of the reduced gradients, the same on every rank. Under fp16 the
+                # loss scaler skips overflowing steps itself.
+                finite = acc.scaler is not None or bool(torch.isfinite(grad_norm))
+                if not finite:
+                    self.optimizer.zero_grad(set_to_none=True)  # nothing left to apply
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         return StepResult(

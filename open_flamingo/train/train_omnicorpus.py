@@ -3,8 +3,9 @@
     accelerate launch --config_file accelerate_configs/accelerate_config_zero1_slurm.yaml \\
         open_flamingo/train/train_omnicorpus.py --lm_path ... --omnicorpus_shards s3://... ...
 
-Every flag is honoured or rejected (open_flamingo/train/args.py); `main(argv)` can be called
-from a test with a list of flags.
+Every flag is honoured or rejected (open_flamingo/train/args.py) and the flags become a
+TrainConfig (config.py), which is what the rest reads; `main(argv)` can be called from a test
+with a list of flags.
 """
 
 import logging
@@ -15,29 +16,38 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from open_flamingo.data.loader import get_data
+from open_flamingo.data.storage import StorageError
 from open_flamingo.src.checkpoint import load_checkpoint
+from open_flamingo.src.checkpoint_fit import CheckpointMismatchError
 from open_flamingo.src.factory import create_model_and_transforms
-from open_flamingo.train.args import parse_args
-from open_flamingo.train.checkpointing import load_training_checkpoint, resolve_resume
-from open_flamingo.train.distributed import make_accelerator, optimizer_offloaded
-from open_flamingo.train.fsdp import uses_fsdp
-from open_flamingo.train.loop import Trainer, TrainerState, embedding_gradient_mask
+from open_flamingo.train.args import parse_config
+from open_flamingo.train.backend import choose_backend
+from open_flamingo.train.checkpoint_io import CheckpointError, CheckpointWriteError
+from open_flamingo.train.checkpointing import (
+    NonFiniteWeightsError,
+    check_pretrained,
+    load_training_checkpoint,
+)
+from open_flamingo.train.config import TrainConfig
+from open_flamingo.train.distributed import make_accelerator
+from open_flamingo.train.loop import NonFiniteLossError, Trainer, TrainerState
 from open_flamingo.train.optim import build_optimizer, build_scheduler
-from open_flamingo.train.precision import cast_for_precision
+from open_flamingo.train.preemption import StopRequest
+from open_flamingo.train.run_folder import choose_resume, claim_run_folder, data_order
 
 logger = logging.getLogger("open_flamingo.train")
 
 
-def build_loaders(args, image_processor, tokenizer, accelerator) -> dict:
-    args.world_size, args.rank = accelerator.num_processes, accelerator.process_index
+def build_loaders(config: TrainConfig, image_processor, tokenizer, accelerator) -> dict:
+    world_size, rank = accelerator.num_processes, accelerator.process_index
     loaders = {
-        "interleaved": get_data(
-            args, image_processor, tokenizer, args.interleaved_dataset
-        ).dataloader,
-        "laion": get_data(args, image_processor, tokenizer, args.laion_dataset).dataloader,
+        name: get_data(
+            corpus, image_processor, tokenizer, rank=rank, world_size=world_size
+        ).dataloader
+        for name, corpus in (("interleaved", config.interleaved), ("laion", config.laion))
     }
     if len(loaders["interleaved"]) != len(loaders["laion"]):
-        per_batch = args.batch_size_laion * args.world_size
+        per_batch = config.laion.batch_size * world_size
         raise SystemExit(
             "Each step takes one interleaved and one LAION batch, so both corpora need the same "
             f"number of batches per epoch: interleaved has {len(loaders['interleaved'])}, LAION "
@@ -57,69 +67,99 @@ def stepping_optimizer_name(optimizer) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    run_dir = Path(args.external_save_dir or ".") / args.run_name
+    config = parse_config(argv)
+    run_dir = config.checkpoint.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator = make_accelerator(args, str(run_dir))
+    accelerator = make_accelerator(
+        config.optim,
+        config.micro_batch_size,
+        str(run_dir),
+        report_to_wandb=config.logging.report_to_wandb,
+    )
     logging.basicConfig(
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    set_seed(args.seed)
+    set_seed(config.seed)
+    # Before the model loads: one run per folder, and no untrusted or non-finite start weights.
+    resuming = bool(config.checkpoint.resume_from_checkpoint)
+    lock = claim_run_folder(accelerator, run_dir, resuming=resuming)
+    try:
+        if config.model.load_from_pretrained:
+            check_pretrained(config.model.load_from_pretrained)
+        with StopRequest() as stop:
+            return _train(config, accelerator, run_dir, stop)
+    except (CheckpointError, CheckpointWriteError, NonFiniteLossError, NonFiniteWeightsError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except StorageError as e:  # the training data's storage (attempts and timeouts: data/s3.py)
+        raise SystemExit(f"error: the training data cannot be read: {e}") from None
+    finally:
+        lock.release()
 
+
+def _train(config: TrainConfig, accelerator, run_dir: Path, stop: StopRequest) -> int:
+    """Build the model, the data and the optimizer, resume if asked, and train. Returns the
+    exit status: 0, or REQUEUE_EXIT_CODE after a stop signal."""
+    model_config, optim = config.model, config.optim
+    backend = choose_backend(accelerator)
     model, image_processor, tokenizer = create_model_and_transforms(
-        args.vision_encoder_path,
-        args.vision_encoder_pretrained,
-        args.lm_path,
-        args.tokenizer_path,
-        cross_attn_every_n_layers=args.cross_attn_every_n_layers,
-        decoder_layers_attr_name=args.decoder_layers_attr_name,
-        freeze_lm_embeddings=args.freeze_lm_embeddings,
-        gradient_checkpointing=args.gradient_checkpointing,
-        trust_remote_code=args.trust_remote_code,
+        model_config.vision_encoder_path,
+        model_config.vision_encoder_pretrained,
+        model_config.lm_path,
+        model_config.tokenizer_path,
+        cross_attn_every_n_layers=model_config.cross_attn_every_n_layers,
+        decoder_layers_attr_name=model_config.decoder_layers_attr_name,
+        freeze_lm_embeddings=model_config.freeze_lm_embeddings,
+        gradient_checkpointing=model_config.gradient_checkpointing,
+        trust_remote_code=model_config.trust_remote_code,
     )
-    if args.load_from_pretrained:
-        load_checkpoint(model, args.load_from_pretrained)
-    trained_rows = None if args.freeze_lm_embeddings else [model.media_token_id, model.eoc_token_id]
-    if trained_rows and not uses_fsdp(accelerator):  # FSDP: TrainStep masks the sharded gradient
-        embedding_gradient_mask(model, trained_rows)
-    cast_for_precision(model, args.precision, accelerator.distributed_type.name)
+    if model_config.load_from_pretrained:
+        try:
+            load_checkpoint(model, model_config.load_from_pretrained)
+        except CheckpointMismatchError as error:
+            raise SystemExit(
+                f"--load_from_pretrained {model_config.load_from_pretrained}: {error}"
+            ) from None
+    trained_rows = (
+        None if model_config.freeze_lm_embeddings else [model.media_token_id, model.eoc_token_id]
+    )
+    backend.prepare_model(model, optim.precision, trainable_embedding_rows=trained_rows)
 
-    loaders = build_loaders(args, image_processor, tokenizer, accelerator)
-    batches = args.num_epochs * len(loaders["interleaved"])
-    total_steps = math.floor(batches / args.gradient_accumulation_steps)
+    loaders = build_loaders(config, image_processor, tokenizer, accelerator)
+    batches = optim.num_epochs * len(loaders["interleaved"])
+    total_steps = math.floor(batches / optim.gradient_accumulation_steps)
     if total_steps < 1:
         raise SystemExit(
-            f"--gradient_accumulation_steps {args.gradient_accumulation_steps} exceeds the "
+            f"--gradient_accumulation_steps {optim.gradient_accumulation_steps} exceeds the "
             f"{batches} batches of the run: no optimizer step would be taken. Lower it, or raise "
             "--num_epochs / --train_num_samples_interleaved / --train_num_samples_laion."
         )
     optimizer = build_optimizer(
         model,
-        args.learning_rate,
-        args.weight_decay,
-        cpu_offload=optimizer_offloaded(),
+        optim.learning_rate,
+        optim.weight_decay,
+        cpu_offload=backend.optimizer_offloaded,
         device=accelerator.device,
     )
-    scheduler = build_scheduler(optimizer, args.lr_scheduler, args.warmup_steps, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = build_scheduler(optimizer, optim.lr_scheduler, optim.warmup_steps, total_steps)
+    model, optimizer = backend.wrap(model, optimizer)
 
-    state = TrainerState()
-    if args.resume_from_checkpoint:
-        path = resolve_resume(args.resume_from_checkpoint, run_dir)
+    order = data_order(config, accelerator.num_processes, loaders)
+    state = TrainerState(data_order=order)
+    resume = config.checkpoint.resume_from_checkpoint
+    if resume:
+        path = choose_resume(accelerator, resume, run_dir, order)
         if path is None:
             logger.info("no checkpoint in %s yet: starting from scratch", run_dir)
         else:
             logger.info("resuming from %s", path)
-            saved = load_training_checkpoint(
-                accelerator, model, optimizer, scheduler, loaders, path
-            )
+            saved = load_training_checkpoint(backend, model, optimizer, scheduler, loaders, path)
             state = TrainerState(**saved)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
         "%s on %d processes (%s), %d trainable parameters, %d batches per epoch, "
         "%d optimizer steps of %s",
-        accelerator.distributed_type.value,
+        backend.name,
         accelerator.num_processes,
         accelerator.device,
         n_trainable,
@@ -127,11 +167,8 @@ def main(argv=None) -> int:
         total_steps,
         stepping_optimizer_name(optimizer),
     )
-    sharded_rows = trained_rows if uses_fsdp(accelerator) else None
-    Trainer(
-        args, accelerator, model, optimizer, scheduler, loaders, run_dir, state, sharded_rows
-    ).train()
-    return 0
+    trainer = Trainer(config, backend, model, optimizer, scheduler, loaders, run_dir, state, stop)
+    return trainer.train()
 
 
 if __name__ == "__main__":

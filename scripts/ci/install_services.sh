@@ -36,12 +36,12 @@ apt_install() {
 }
 
 # Ceph: a one-host cluster with a RADOS Gateway is the real S3 endpoint of the storage tests
-# (scripts/ceph_rgw.py runs it).
+# (tests/support/ceph_rgw.py runs it).
 install_ceph() {
     apt_install ceph-mon ceph-osd radosgw ceph-common uuid-runtime
 }
 
-# Slurm 22.05 with munge: scripts/slurm_cluster.py runs a throw-away controller and two
+# Slurm 22.05 with munge: tests/support/slurm_cluster.py runs a throw-away controller and two
 # simulated nodes (multiple-slurmd) that the sbatch script's tests submit to.
 install_slurm() {
     apt_install slurmd slurmctld slurm-client munge

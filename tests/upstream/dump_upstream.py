@@ -9,6 +9,7 @@ Writes WORKDIR/FAMILY/{lm,tokenizer}/ (the LM and tokenizer as upstream saw them
 WORKDIR/FAMILY/dump.pt.
 """
 
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -18,10 +19,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from open_flamingo import create_model_and_transforms  # upstream's, from PYTHONPATH
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from byte_tokenizer import save_byte_tokenizer  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
+# Our byte tokenizer, loaded from its file: `open_flamingo` is upstream's package here.
+_spec = importlib.util.spec_from_file_location(
+    "byte_tokenizer", HERE.parents[1] / "open_flamingo" / "tools" / "byte_tokenizer.py"
+)
+byte_tokenizer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(byte_tokenizer)
 MODEL_CONFIGS = HERE.parents[1] / "open_flamingo" / "model_configs"
 COMMON = dict(vocab_size=260, bos_token_id=256, eos_token_id=256)
 # Configs written with transformers 4.46 argument names.
@@ -121,13 +125,56 @@ XATTN_EVERY = {
 }
 
 
+NEW_TOKENS = ["<|endofchunk|>", "<image>", "<PAD>"]
+
+
+def open_gates(model, generator: torch.Generator) -> None:
+    """Set every tanh gate (init 0, which hides cross-attention entirely) to a value in [0.5, 1.5).
+
+    Upstream registers each block under two names; `named_parameters()` lists it once, under the
+    decoder layer's alias (`<layers>.N.gated_cross_attn_layer.attn_gate`), not under
+    `gated_cross_attn_layers`, so the gates are found by their own names.
+    """
+    gates = [p for name, p in model.named_parameters() if name.endswith(("attn_gate", "ff_gate"))]
+    with torch.no_grad():
+        for gate in gates:
+            gate.copy_(torch.rand(1, generator=generator) + 0.5)
+    blocks = [block for block in model.lang_encoder.gated_cross_attn_layers if block is not None]
+    assert blocks and len(gates) == 2 * len(blocks), (len(gates), len(blocks))
+    closed = [
+        key for key, value in model.state_dict().items() if key.endswith("_gate") and value == 0
+    ]
+    assert not closed, f"gates still closed: {closed}"
+
+
+def move_new_token_rows(model, tokenizer, generator: torch.Generator) -> None:
+    """Give the new tokens' embedding rows values that no initialisation would give.
+
+    The input embedding is trained upstream. An untied output embedding whose name holds
+    "embed" (GPT-NeoX's `embed_out`) is frozen but saved in upstream's checkpoints (their filter
+    keeps every key containing "embed"), so its rows are moved too.
+    """
+    ids = tokenizer.convert_tokens_to_ids(NEW_TOKENS)
+    lm = model.lang_encoder
+    tables = [lm.get_input_embeddings().weight]
+    output = lm.get_output_embeddings()
+    output_name = next(name for name, module in lm.named_modules() if module is output)
+    if output.weight is not tables[0] and "embed" in output_name:
+        tables.append(output.weight)
+    with torch.no_grad():
+        for table in tables:
+            before = table[ids].clone()
+            table[ids] = torch.randn(before.shape, generator=generator) * 0.5
+            assert (table[ids] - before).abs().min() > 0
+
+
 def dump(family: str, workdir: Path) -> None:
     config = dict(CONFIGS[family])
     model_type = config.pop("model_type")
     torch.manual_seed(0)
     lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config, **COMMON))
     lm.save_pretrained(workdir / "lm")
-    save_byte_tokenizer(workdir / "tokenizer")
+    byte_tokenizer.save_byte_tokenizer(workdir / "tokenizer")
 
     torch.manual_seed(1)
     model, _, tokenizer = create_model_and_transforms(
@@ -139,10 +186,8 @@ def dump(family: str, workdir: Path) -> None:
         decoder_layers_attr_name=LAYERS_ATTR.get(family),
     )
     generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():  # open the gates and move the new token rows away from their init
-        for name, param in model.named_parameters():
-            if name.endswith("_gate") and "gated_cross_attn_layers" in name:
-                param.copy_(torch.rand(1, generator=generator) + 0.5)
+    open_gates(model, generator)
+    move_new_token_rows(model, tokenizer, generator)
     model.eval()
 
     texts = [
@@ -179,7 +224,7 @@ def dump(family: str, workdir: Path) -> None:
             "cross_attn_every_n_layers": XATTN_EVERY[family],
             "decoder_layers_attr_name": LAYERS_ATTR.get(family),
             "state_dict": model.state_dict(),
-            "special_ids": tokenizer.convert_tokens_to_ids(["<|endofchunk|>", "<image>", "<PAD>"]),
+            "special_ids": tokenizer.convert_tokens_to_ids(NEW_TOKENS),
             "texts": texts,
             "input_ids": batch.input_ids,
             "attention_mask": batch.attention_mask,

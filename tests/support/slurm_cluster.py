@@ -12,9 +12,9 @@ Library:
     with SlurmCluster("/tmp/slurm") as cluster:
         subprocess.run(["sbatch", "--wait", "job.sbatch"], env={**os.environ, **cluster.env()})
 
-CLI:
-    python scripts/slurm_cluster.py start --dir /tmp/slurm   # prints `export SLURM_CONF=...`
-    python scripts/slurm_cluster.py stop --dir /tmp/slurm
+CLI, from the repository root:
+    python -m tests.support.slurm_cluster start --dir /tmp/slurm   # prints `export SLURM_CONF=...`
+    python -m tests.support.slurm_cluster stop --dir /tmp/slurm
 """
 
 import argparse
@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from local_services import free_port_block, is_running, tail
+from .local_services import free_port_block, is_running, tail
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "sinfo", "squeue", "scancel", "scontrol")

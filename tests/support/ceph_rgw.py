@@ -12,9 +12,9 @@ Library:
         rgw.stop_gateway()  # an S3 outage; the mon and osd keep running
         rgw.start_gateway()  # back on the same port
 
-CLI:
-    python scripts/ceph_rgw.py start --dir /tmp/ceph   # prints the `export AWS_...` lines
-    python scripts/ceph_rgw.py stop --dir /tmp/ceph
+CLI, from the repository root:
+    python -m tests.support.ceph_rgw start --dir /tmp/ceph   # prints the `export AWS_...` lines
+    python -m tests.support.ceph_rgw stop --dir /tmp/ceph
 """
 
 import argparse
@@ -29,7 +29,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from local_services import free_port_block, is_running, tail
+from .local_services import free_port_block, is_running, tail
 
 BINARIES = ("monmaptool", "ceph-mon", "ceph-osd", "radosgw", "radosgw-admin")
 # The Ceph tools run on Debian's Python (its `rados` module), never on a virtualenv's.

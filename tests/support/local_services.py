@@ -1,5 +1,5 @@
 """Helpers shared by the throw-away local services the tests run for real: the Ceph RADOS
-Gateway (scripts/ceph_rgw.py) and the Slurm cluster (scripts/slurm_cluster.py)."""
+Gateway (ceph_rgw.py) and the Slurm cluster (slurm_cluster.py)."""
 
 import random
 import socket
