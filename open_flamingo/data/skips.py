@@ -10,6 +10,15 @@ from collections import Counter
 
 logger = logging.getLogger(__name__)
 
+# Reasons counted beside the skips that are not skips: the sample is kept, cut to its limits
+# (text at max_tokens, images past max_num_images). Logged and reported as "trimmed".
+TRIMS = frozenset({"text_truncated", "images_over_limit"})
+
+
+def outcome(reason: str) -> str:
+    """'trimmed' for a sample kept but cut, 'skipped' for input left out."""
+    return "trimmed" if reason in TRIMS else "skipped"
+
 
 class SkipSample(Exception):
     """A document, pair or image that cannot be used. `reason` is a short snake_case key."""
@@ -34,7 +43,8 @@ class SkipCounter:
         if now - self._last_logged.get(reason, -float("inf")) >= self._log_interval_s:
             self._last_logged[reason] = now
             logger.warning(
-                "skipped (%s, %d so far)%s",
+                "%s (%s, %d so far)%s",
+                outcome(reason),
                 reason,
                 self.counts[reason],
                 f": {detail}" if detail else "",

@@ -3,6 +3,7 @@
 import argparse
 import os
 
+from open_flamingo.cli_errors import exit_with_problems
 from open_flamingo.src.pretrained_paths import open_clip_pretrained, resolve_pretrained_path
 
 from .eval_model import PRECISIONS
@@ -162,43 +163,83 @@ def add_dataset_path_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(f"--{flag}", default=None, help=text)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def dataset_path_problems(args: argparse.Namespace) -> list[str]:
+    """Each selected dataset's paths are given and exist: folders for image dirs and roots,
+    files for the JSON / JSONL annotations."""
+    problems = []
+    for name, flags in DATASET_PATH_FLAGS.items():
+        if not getattr(args, f"eval_{name}"):
+            continue
+        for flag, text in flags.items():
+            path = getattr(args, flag)
+            folder = not flag.endswith("_json_path")
+            if path is None:
+                problems.append(f"--eval_{name} needs --{flag} ({text})")
+            elif folder and not os.path.isdir(path):
+                problems.append(f"--{flag} {path}: no such folder ({text})")
+            elif not folder and not os.path.isfile(path):
+                problems.append(f"--{flag} {path}: no such file ({text})")
+    return problems
+
+
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    problems = []
     if args.horovod:
-        parser.error("--horovod is not supported: launch with torchrun or accelerate launch")
+        problems.append("--horovod is not supported: launch with torchrun or accelerate launch")
     if len(args.trial_seeds) != args.num_trials:
-        parser.error(
+        problems.append(
             f"--trial_seeds has {len(args.trial_seeds)} seed(s) for --num_trials {args.num_trials}"
         )
     if args.batch_size < 1:
-        parser.error("--batch_size must be at least 1")
+        problems.append("--batch_size must be at least 1")
     if any(shot < 0 for shot in args.shots):
-        parser.error("--shots must be >= 0")
-    if len(set(args.shots)) != len(args.shots):
-        parser.error(f"--shots lists a number twice: {' '.join(map(str, args.shots))}")
+        problems.append("--shots must be >= 0")
+    elif len(set(args.shots)) != len(args.shots):
+        problems.append(f"--shots lists a number twice: {' '.join(map(str, args.shots))}")
     if args.cross_attn_every_n_layers < 1:
-        parser.error("--cross_attn_every_n_layers must be >= 1")
+        problems.append("--cross_attn_every_n_layers must be >= 1")
     if args.query_set_size < 1:
-        parser.error("--query_set_size must be >= 1")
-    demonstrations = max(map(effective_num_shots, args.shots))
-    if not args.rices and demonstrations > args.query_set_size:
-        parser.error(
-            f"{demonstrations} demonstrations per query need --query_set_size >= {demonstrations}"
-        )
+        problems.append("--query_set_size must be >= 1")
+    elif args.shots and min(args.shots) >= 0:
+        demonstrations = max(map(effective_num_shots, args.shots))
+        if not args.rices and demonstrations > args.query_set_size:
+            problems.append(
+                f"{demonstrations} demonstrations per query need --query_set_size >= "
+                f"{demonstrations}"
+            )
     if args.cached_demonstration_features and not args.rices:
-        parser.error("--cached_demonstration_features only applies with --rices")
+        problems.append("--cached_demonstration_features only applies with --rices")
+    if not any(getattr(args, f"eval_{name}") for name in DATASET_PATH_FLAGS):
+        problems.append(
+            f"choose at least one of {', '.join('--eval_' + n for n in DATASET_PATH_FLAGS)}"
+        )
+    return problems
+
+
+def path_problems(args: argparse.Namespace) -> list[str]:
+    """The model's files, the cached RICES features and every selected dataset's paths."""
+    problems = []
     for flag in ("lm_path", "lm_tokenizer_path"):
         if getattr(args, flag) is None:
             continue
         try:
             resolve_pretrained_path(getattr(args, flag))
         except FileNotFoundError as error:
-            parser.error(f"--{flag}: {error}")
+            problems.append(f"--{flag}: {error}")
     if args.checkpoint_path and not os.path.isfile(args.checkpoint_path):
-        parser.error(f"--checkpoint_path {args.checkpoint_path}: no such file")
-    if not any(getattr(args, f"eval_{name}") for name in DATASET_PATH_FLAGS):
-        parser.error(
-            f"choose at least one of {', '.join('--eval_' + n for n in DATASET_PATH_FLAGS)}"
-        )
+        problems.append(f"--checkpoint_path {args.checkpoint_path}: no such file")
+    features = args.cached_demonstration_features
+    if features and not os.path.isdir(features):
+        problems.append(f"--cached_demonstration_features {features}: no such folder")
+    return problems + dataset_path_problems(args)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The flags, after every problem with them and with the paths they name has been looked
+    for: all of them are reported at once, before anything loads."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = flag_problems(args) + path_problems(args)
+    if problems:
+        exit_with_problems(parser, problems)
     return args

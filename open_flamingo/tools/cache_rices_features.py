@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from open_flamingo.eval.args import DATASET_PATH_FLAGS, add_dataset_path_flags
-from open_flamingo.eval.evaluate import TASKS
 from open_flamingo.eval.rices import RICES_FEATURE_FILES, clip_image_encoder, compute_features
+from open_flamingo.eval.tasks import TASKS
 
 
 def parse_args(argv=None) -> argparse.Namespace:

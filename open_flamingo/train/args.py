@@ -5,14 +5,14 @@ command line into a TrainConfig."""
 
 import argparse
 import math
-from pathlib import Path
 
+from open_flamingo.cli_errors import exit_with_problems
 from open_flamingo.data.config import CorpusConfig
 from open_flamingo.data.formats import get_format
-from open_flamingo.src.pretrained_paths import open_clip_pretrained, resolve_pretrained_path
+from open_flamingo.src.pretrained_paths import open_clip_pretrained
 
-from . import omnicorpus_flags
-from .checkpointing import LATEST, TRAINER_STATE, is_complete
+from . import omnicorpus_flags, preflight
+from .checkpointing import LATEST
 from .config import (
     CheckpointConfig,
     LoggingConfig,
@@ -318,12 +318,9 @@ class _LaunchConfigFlag(argparse.Action):
         )
 
 
-def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Reject combinations that cannot be honoured, with what to do instead."""
-    omnicorpus_flags.apply(args, parser)
-    args.special_checkpointing_steps = [
-        step for group in args.special_checkpointing_steps for step in group
-    ]
+def flag_problems(args: argparse.Namespace) -> list[str]:
+    """Values and combinations of flags that cannot be honoured, with what to do instead."""
+    problems = []
     positive = [
         "batch_size_interleaved",
         "batch_size_laion",
@@ -337,23 +334,26 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         "logging_steps",
         "cross_attn_every_n_layers",
         "mmc4_max_num_images",
+        "max_nonfinite_steps",
     ]
-    for name in positive:
-        if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1 (got {getattr(args, name)})")
-    for name in ("workers", "warmup_steps"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name} must be >= 0")
+    problems += [
+        f"--{name} must be >= 1 (got {getattr(args, name)})"
+        for name in positive
+        if getattr(args, name) < 1
+    ]
+    problems += [
+        f"--{name} must be >= 0" for name in ("workers", "warmup_steps") if getattr(args, name) < 0
+    ]
     if any(step < 1 for step in args.special_checkpointing_steps):
-        parser.error("--special_checkpointing_steps must be >= 1 (optimizer steps count from 1)")
+        problems.append("--special_checkpointing_steps must be >= 1 (optimizer steps count from 1)")
     if not 0 <= args.seed < 2**32:
-        parser.error(f"--seed must be in [0, 2**32) (got {args.seed})")
+        problems.append(f"--seed must be in [0, 2**32) (got {args.seed})")
     if args.learning_rate <= 0 or not math.isfinite(args.learning_rate):
-        parser.error("--learning_rate must be a positive number")
+        problems.append("--learning_rate must be a positive number")
     for name in ("max_grad_norm", "peak_tflops"):
         value = getattr(args, name)
         if value is not None and not 0 < value < math.inf:
-            parser.error(f"--{name} must be a positive number (got {value})")
+            problems.append(f"--{name} must be a positive number (got {value})")
     for name in (
         "weight_decay",
         "loss_multiplier_interleaved",
@@ -361,47 +361,53 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         "mmc4_textsim_threshold",
     ):
         if not math.isfinite(getattr(args, name)):
-            parser.error(f"--{name} must be a finite number (got {getattr(args, name)})")
+            problems.append(f"--{name} must be a finite number (got {getattr(args, name)})")
     if args.weight_decay < 0:
-        parser.error("--weight_decay must be >= 0")
+        problems.append("--weight_decay must be >= 0")
     if args.loss_multiplier_interleaved < 0 or args.loss_multiplier_laion < 0:
-        parser.error("loss multipliers must be >= 0")
+        problems.append("loss multipliers must be >= 0")
     if args.loss_multiplier_interleaved == 0 and args.loss_multiplier_laion == 0:
-        parser.error("both loss multipliers are 0: nothing would be trained")
+        problems.append("both loss multipliers are 0: nothing would be trained")
     if (args.wandb_entity or args.offline) and not args.report_to_wandb:
-        parser.error("--wandb_entity / --offline only apply with --report_to_wandb")
+        problems.append("--wandb_entity / --offline only apply with --report_to_wandb")
     if args.resume_from_checkpoint and args.load_from_pretrained:
-        parser.error(
+        problems.append(
             "--resume_from_checkpoint continues a run (weights, optimizer, data position); "
             "--load_from_pretrained starts a new one from weights. Use one."
         )
-    resume = args.resume_from_checkpoint
-    if resume and resume != LATEST and not is_complete(Path(resume)):
-        parser.error(
-            f"--resume_from_checkpoint {resume} is not a checkpoint folder of this trainer (no "
-            f"{TRAINER_STATE}): pass <run>/checkpoint-<step> or '{LATEST}'; to start from "
-            "released weights use --load_from_pretrained"
-        )
-    if args.load_from_pretrained and not Path(args.load_from_pretrained).is_file():
-        parser.error(f"--load_from_pretrained {args.load_from_pretrained}: no such file")
     for role, corpus in zip(("interleaved", "laion"), corpus_configs(args), strict=True):
         fmt = get_format(corpus.dataset_type)
         if corpus.shards is None:
-            parser.error(f"--{role}_dataset {corpus.dataset_type} needs --{fmt.flag_base}_shards")
+            problems.append(
+                f"--{role}_dataset {corpus.dataset_type} needs --{fmt.flag_base}_shards"
+            )
         if fmt.needs_image_prefix and corpus.image_prefix is None:
-            parser.error(
+            problems.append(
                 f"--{role}_dataset {corpus.dataset_type} needs --{fmt.flag_base}_image_prefix: "
                 "its records name images stored there"
             )
+    return problems
+
+
+def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Check the flags, then every path and count they name (preflight.py), and exit with all
+    the problems found, before anything loads."""
+    omnicorpus_flags.apply(args, parser)
+    args.special_checkpointing_steps = [
+        step for group in args.special_checkpointing_steps for step in group
+    ]
     if args.tokenizer_path is None:
         args.tokenizer_path = args.lm_path
-    for flag in ("lm_path", "tokenizer_path"):
-        try:
-            resolve_pretrained_path(getattr(args, flag))
-        except FileNotFoundError as error:
-            parser.error(f"--{flag}: {error}")
-    if args.max_nonfinite_steps < 1:
-        parser.error(f"--max_nonfinite_steps must be >= 1 (got {args.max_nonfinite_steps})")
+    problems = flag_problems(args)
+    config = from_flags(args)
+    if not problems:  # the counts are only meaningful when every number is valid
+        problems += preflight.count_problems(config, preflight.launch_world_size())
+    problems += preflight.model_problems(config)
+    for corpus in (config.interleaved, config.laion):
+        if corpus.shards is not None:
+            problems += preflight.corpus_problems(corpus)
+    if problems:
+        exit_with_problems(parser, problems)
     return args
 
 

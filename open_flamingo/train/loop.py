@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
+
+from open_flamingo.data.skips import outcome
 
 from .agreement import any_rank
 from .backend import TrainingBackend
@@ -72,6 +75,8 @@ class Trainer:
         self.micro_step = TrainStep(config.optim, backend, model, optimizer)
         self.peak_flops = peak_flops(config.logging.peak_tflops)
         self._window: dict[str, float] = {}
+        self._logged_step = self.state.step  # the step of the last metrics row
+        self._run = {"samples": 0.0, "last_loss": None}  # this launch's, for the summary
         self.stop = stop or StopRequest()
         self.nonfinite_in_a_row = 0
 
@@ -87,7 +92,8 @@ class Trainer:
             disable=not acc.is_main_process,
             dynamic_ncols=True,
         )
-        window_start = time.perf_counter()
+        window_start = run_start = time.perf_counter()
+        first_step = self.state.step
         for epoch in range(self.state.epoch, num_epochs):
             self.state.epoch = epoch
             for loader in self.loaders.values():
@@ -112,7 +118,8 @@ class Trainer:
                 self.scheduler.step()
                 self.state.step += 1
                 progress.update(1)
-                if self.state.step % self.logging.logging_steps == 0:
+                last_step = self.state.step == self.total_steps
+                if self.state.step % self.logging.logging_steps == 0 or last_step:
                     elapsed = time.perf_counter() - window_start
                     self._log(elapsed, progress)
                     window_start = time.perf_counter()
@@ -126,6 +133,7 @@ class Trainer:
             self._save()
         progress.close()
         self.metrics.close()
+        self._summarize(first_step, time.perf_counter() - run_start)
         return 0
 
     def _stop_early(self, progress) -> int:
@@ -197,7 +205,8 @@ class Trainer:
             ),
             reduction="sum",
         ).tolist()
-        steps = self.logging.logging_steps
+        steps = self.state.step - self._logged_step
+        self._logged_step = self.state.step
         row = {
             "step": self.state.step,
             "epoch": self.state.epoch,
@@ -216,8 +225,10 @@ class Trainer:
         }
         for name, loader in self.loaders.items():
             for reason, n in loader.skip_counts().items():
-                row[f"skipped/{name}/{reason}"] = n
+                row[f"{outcome(reason)}/{name}/{reason}"] = n
         self.metrics.log(row)
+        self._run["samples"] += totals[0]
+        self._run["last_loss"] = means[0]
         progress.set_postfix(
             loss=f"{means[0]:.3f}",
             interleaved=f"{means[1]:.3f}",
@@ -225,6 +236,46 @@ class Trainer:
             samples_s=f"{row['samples_per_s']:.1f}",
         )
         self._window = {}
+
+    def _summarize(self, first_step: int, seconds: float) -> None:
+        """The end-of-run lines: what was trained, the skipped and trimmed inputs of every rank,
+        and where the checkpoints and metrics are."""
+        counts: dict[str, dict[str, int]] = {"skipped": {}, "trimmed": {}}
+        for name, loader in self.loaders.items():
+            for reason, n in loader.skip_counts().items():
+                key = f"{name}/{reason}"
+                counts[outcome(reason)][key] = counts[outcome(reason)].get(key, 0) + n
+        ranks = gather_object([counts])
+        if not self.accelerator.is_main_process:
+            return
+        totals = {kind: {} for kind in counts}
+        for rank_counts in ranks:
+            for kind, by_reason in rank_counts.items():
+                for key, n in by_reason.items():
+                    totals[kind][key] = totals[kind].get(key, 0) + n
+        steps, samples = self.state.step - first_step, self._run["samples"]
+        last = checkpoint_steps(self.run_dir)
+        logger.info(
+            "run complete: steps %d-%d of %d in %.1f s (%.0f samples, %.1f samples/s), last "
+            "loss %s, %d micro-steps skipped as non-finite",
+            first_step + 1 if steps else first_step,
+            self.state.step,
+            self.total_steps,
+            seconds,
+            samples,
+            samples / seconds if seconds > 0 else 0.0,
+            "n/a" if self._run["last_loss"] is None else f"{self._run['last_loss']:.4f}",
+            self.state.nonfinite_skipped,
+        )
+        for kind, by_reason in totals.items():
+            listed = ", ".join(f"{key} {n}" for key, n in sorted(by_reason.items()))
+            logger.info("inputs %s: %s", kind, listed or "none")
+        logger.info(
+            "checkpoints in %s (latest checkpoint-%s); metrics in %s",
+            self.run_dir,
+            last[-1] if last else "none",
+            self.metrics.path,
+        )
 
     def _mfu(self, step_time: float) -> float | None:
         """Model FLOPs utilisation of one process (FLOPs counted once, on the first step)."""

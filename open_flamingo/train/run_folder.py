@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -155,6 +156,13 @@ def check_data_order(saved: dict, current: dict, path: Path) -> None:
             "number of processes, --workers, batch sizes, --gradient_accumulation_steps, --seed "
             "and corpora), or start a new run from its weights with --load_from_pretrained."
         )
+
+
+def remove_unused_run_folder(run_dir: Path) -> None:
+    """Remove the folder a failed run created, if the run left nothing in it but its lock."""
+    entries = {path.name for path in run_dir.iterdir()} if run_dir.is_dir() else {}
+    if entries <= {LOCK_FILE}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def claim_run_folder(accelerator, run_dir: Path, resuming: bool) -> RunLock:

@@ -46,7 +46,11 @@ class TrainingBackend:
 
     def __init__(self, accelerator):
         self.accelerator = accelerator
-        self.name = accelerator.distributed_type.value  # accelerate's name, for the log
+
+    @property
+    def name(self) -> str:
+        """What the run's start-up line calls this backend."""
+        return "plain PyTorch"
 
     # ------------------------------------------------------------------ preparing
     @property

@@ -7,6 +7,8 @@ from .base import TrainingBackend
 
 
 class DataParallelBackend(TrainingBackend):
+    name = "DDP"
+
     def deferred_gradient_sync(self, model) -> contextlib.AbstractContextManager:
         # A DDP forward arms the reduction of the next backward. The step's first forward must
         # not, or the backward of the summed loss would reduce every gradient twice.

@@ -28,6 +28,12 @@ class DeepSpeedBackend(TrainingBackend):
     one_weight_dtype = True  # DeepSpeed casts the whole model to its own precision
 
     @property
+    def name(self) -> str:
+        plugin = self.accelerator.state.deepspeed_plugin
+        offload = ", optimizer on the CPU" if self.optimizer_offloaded else ""
+        return f"DeepSpeed ZeRO-{plugin.zero_stage}{offload}"
+
+    @property
     def optimizer_offloaded(self) -> bool:
         """The *_slurm and offload configs step the optimizer in DeepSpeed's CPU Adam."""
         return self.accelerator.state.deepspeed_plugin.offload_optimizer_device == "cpu"

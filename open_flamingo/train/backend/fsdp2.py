@@ -56,6 +56,7 @@ def _torch_optimizer(optimizer) -> torch.optim.Optimizer:
 
 
 class FSDP2Backend(TrainingBackend):
+    name = "FSDP2"
     one_weight_dtype = True  # FSDP flattens each unit's parameters into one tensor of one dtype
 
     def __init__(self, accelerator):

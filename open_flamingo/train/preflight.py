@@ -1,0 +1,114 @@
+"""What a training command line names on disk and in storage, checked before anything loads.
+
+Every path (the LM, its tokenizer, start weights, the resume folder, each corpus's shards and
+images) and every count (batches per epoch of each corpus, optimizer steps of the run) is checked
+in one pass, and the problems are reported together, so that a run set up wrong fails in seconds
+with all its faults named instead of one at a time after the model has loaded.
+"""
+
+import math
+import os
+from pathlib import Path
+
+from open_flamingo.data.config import CorpusConfig
+from open_flamingo.data.formats import get_format
+from open_flamingo.data.manifest import resolve_shards
+from open_flamingo.data.storage import StorageError, has_files
+from open_flamingo.src.pretrained_paths import resolve_pretrained_path
+
+from .checkpointing import LATEST, TRAINER_STATE, is_complete
+from .config import TrainConfig
+
+ROLES = ("interleaved", "laion")
+
+
+def launch_world_size() -> int:
+    """Processes of this launch: `accelerate launch`, torchrun and deepspeed set WORLD_SIZE, as
+    accelerate itself reads it; a plain `python` run is one process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def batches_per_epoch(corpus: CorpusConfig, world_size: int) -> int:
+    """The loader's epoch (data/loader.py): whole batches of all processes in num_samples."""
+    return math.floor(corpus.num_samples / (corpus.batch_size * world_size))
+
+
+def model_problems(config: TrainConfig) -> list[str]:
+    model, problems = config.model, []
+    for flag, path in (("lm_path", model.lm_path), ("tokenizer_path", model.tokenizer_path)):
+        try:
+            resolve_pretrained_path(path)
+        except FileNotFoundError as error:
+            problems.append(f"--{flag}: {error}")
+    start = model.load_from_pretrained
+    if start and not Path(start).is_file():
+        problems.append(f"--load_from_pretrained {start}: no such file")
+    resume = config.checkpoint.resume_from_checkpoint
+    if resume and resume != LATEST and not is_complete(Path(resume)):
+        problems.append(
+            f"--resume_from_checkpoint {resume} is not a checkpoint folder of this trainer (no "
+            f"{TRAINER_STATE}): pass <run>/checkpoint-<step> or '{LATEST}'; to start from "
+            "released weights use --load_from_pretrained"
+        )
+    return problems
+
+
+def corpus_problems(corpus: CorpusConfig) -> list[str]:
+    """Its shards resolve to at least one shard, and its image store holds files."""
+    fmt, problems = get_format(corpus.dataset_type), []
+    try:
+        resolve_shards(corpus.shards, fmt)
+    except (ValueError, FileNotFoundError, StorageError) as error:
+        problems.append(f"--{fmt.flag_base}_shards {corpus.shards}: {error}")
+    prefix = corpus.image_prefix
+    if fmt.needs_image_prefix and prefix is not None:
+        try:
+            found = has_files(prefix)
+        except StorageError as error:
+            problems.append(f"--{fmt.flag_base}_image_prefix {prefix}: {error}")
+        else:
+            if not found:
+                problems.append(
+                    f"--{fmt.flag_base}_image_prefix {prefix}: no such folder, or it holds no "
+                    "files (its records name images stored there)"
+                )
+    return problems
+
+
+def count_problems(config: TrainConfig, world_size: int) -> list[str]:
+    """Each corpus has a batch per process, both have the same number of batches per epoch (a
+    step takes one of each), and the run takes at least one optimizer step."""
+    corpora = dict(zip(ROLES, (config.interleaved, config.laion), strict=True))
+    batches = {role: batches_per_epoch(corpus, world_size) for role, corpus in corpora.items()}
+    problems = [
+        f"--train_num_samples_{role} {corpora[role].num_samples} is less than one batch "
+        f"(--batch_size_{role} {corpora[role].batch_size} x {world_size} processes)"
+        for role, count in batches.items()
+        if count < 1
+    ]
+    if problems:
+        return problems
+    if batches["interleaved"] != batches["laion"]:
+        per_batch = config.laion.batch_size * world_size
+        return [
+            "Each step takes one interleaved and one LAION batch, so both corpora need the same "
+            f"number of batches per epoch: interleaved has {batches['interleaved']}, LAION "
+            f"{batches['laion']} (with {world_size} processes). Set --train_num_samples_laion to "
+            f"{batches['interleaved'] * per_batch}."
+        ]
+    optim = config.optim
+    run_batches = optim.num_epochs * batches["interleaved"]
+    if run_batches < optim.gradient_accumulation_steps:
+        return [
+            f"--gradient_accumulation_steps {optim.gradient_accumulation_steps} exceeds the "
+            f"{run_batches} batches of the run: no optimizer step would be taken. Lower it, or "
+            "raise --num_epochs / --train_num_samples_interleaved / --train_num_samples_laion."
+        ]
+    return []
+
+
+def find_problems(config: TrainConfig, world_size: int) -> list[str]:
+    problems = model_problems(config)
+    for corpus in (config.interleaved, config.laion):
+        problems += corpus_problems(corpus)
+    return problems + count_problems(config, world_size)
