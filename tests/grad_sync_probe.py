@@ -26,8 +26,8 @@ from open_flamingo.train.args import parse_config
 from open_flamingo.train.backend import choose_backend
 from open_flamingo.train.distributed import make_accelerator
 from open_flamingo.train.optim import build_optimizer
-from open_flamingo.train.step import TrainStep
 from open_flamingo.train.run import build_loaders
+from open_flamingo.train.step import TrainStep
 
 COLLECTIVES = (
     "all_reduce",

@@ -197,3 +197,44 @@ def test_push_to_hub_uploads_the_saved_folder(tiny_lm_dirs, byte_tokenizer_dir, 
     for key, tensor in model.state_dict().items():
         assert torch.equal(calls["reloaded"].state_dict()[key], tensor), key
     assert len(calls["tokenizer"]) == len(tokenizer)
+
+
+@pytest.mark.parametrize("family", ["mpt", "llama"])
+def test_device_map_auto_places_every_part_beside_the_lm(
+    tiny_lm_dirs, byte_tokenizer_dir, tmp_path, family
+):
+    """On this machine accelerate fits the LM on the CPU (one device, so transformers records
+    no map): the placed model gives the plain one's outputs, created and reloaded alike."""
+    model, image_processor, tokenizer = build_flamingo(tiny_lm_dirs[family], byte_tokenizer_dir)
+    placed, _, _ = build_flamingo(tiny_lm_dirs[family], byte_tokenizer_dir, device_map="auto")
+    assert placed.lang_encoder.device == torch.device("cpu")
+    perturb(model)
+    placed.load_state_dict(model.state_dict())
+    model.eval()
+    placed.eval()
+    expected = outputs(model, *inputs(image_processor, tokenizer))
+    got = outputs(placed, *inputs(image_processor, tokenizer))
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+    model.save_pretrained(tmp_path / "saved", tokenizer=tokenizer)
+    loaded, loaded_processor, loaded_tokenizer = load_model_and_transforms(
+        tmp_path / "saved", device_map="auto"
+    )
+    assert loaded.lang_encoder.device == torch.device("cpu")
+    loaded.eval()
+    got = outputs(loaded, *inputs(loaded_processor, loaded_tokenizer))
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_the_execution_device_of_an_offloaded_module_is_its_hook_s():
+    from accelerate import cpu_offload
+
+    from open_flamingo.src.placement import execution_device
+
+    layer = torch.nn.Linear(4, 4)
+    cpu_offload(layer, execution_device="cpu")
+    assert layer.weight.device.type == "meta"
+    assert execution_device(layer) == torch.device("cpu")
+    assert execution_device(torch.nn.Linear(2, 2)) == torch.device("cpu")
+    with pytest.raises(ValueError, match="all its weights are meta"):
+        execution_device(torch.nn.Linear(2, 2, device="meta"))

@@ -1,4 +1,5 @@
-"""What only a CUDA GPU can check: CUDA graphs in compiled decoding, and GPU memory reporting.
+"""What only a CUDA GPU can check: CUDA graphs in compiled decoding, GPU memory reporting, and
+a `device_map` that puts the model on the GPU.
 
 Skipped without a GPU (CI has none); scripts/gpu_benchmarks.sh runs this file on the lent GPU
 machine. The bf16 numerics on CUDA are in tests/test_training_precision.py.
@@ -46,3 +47,23 @@ def test_compiled_decoding_replays_cuda_graphs_and_gives_the_eager_tokens(make_f
         assert torch.equal(generate(cache_implementation="static"), eager)
     assert counters["stats"]["unique_graphs"] == 1
     assert counters["inductor"]["cudagraph_skips"] == 0
+
+
+def test_device_map_auto_puts_every_part_on_the_gpu(tiny_lm_dirs, byte_tokenizer_dir):
+    """device_map="auto" on a GPU machine: the LM on the GPU, and the vision encoder, perceiver
+    and blocks beside it, so a forward with inputs on the GPU runs and gives the CPU logits."""
+    from tiny_models import build_flamingo, randomize_gates
+
+    cpu, _, tokenizer = build_flamingo(tiny_lm_dirs["llama"], byte_tokenizer_dir)
+    placed, _, _ = build_flamingo(tiny_lm_dirs["llama"], byte_tokenizer_dir, device_map="auto")
+    randomize_gates(cpu)
+    placed.load_state_dict(cpu.state_dict())
+    assert {p.device.type for p in placed.parameters()} == {"cuda"}
+    batch = left_padded(tokenizer)
+    vision = images(2, 2)
+    with torch.no_grad():
+        expected = cpu(vision, batch.input_ids, attention_mask=batch.attention_mask).logits
+        got = placed(
+            vision.cuda(), batch.input_ids.cuda(), attention_mask=batch.attention_mask.cuda()
+        ).logits
+    torch.testing.assert_close(got.cpu(), expected, rtol=1e-4, atol=1e-4)

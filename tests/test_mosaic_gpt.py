@@ -340,8 +340,18 @@ def test_dtype_auto_is_the_configs_and_explicit_dtypes_are_kept(tmp_path):
     assert load_causal_lm(str(folder)).dtype == torch.bfloat16
     assert load_causal_lm(str(folder), dtype="float32").dtype == torch.float32
     assert load_causal_lm(str(folder), torch_dtype=torch.float16).dtype == torch.float16
-    with pytest.raises(ValueError, match="device_map"):
-        load_causal_lm(str(folder), device_map="auto")
+    with pytest.raises(ValueError, match="cannot apply attn_implementation"):
+        load_causal_lm(str(folder), attn_implementation="flash_attention_2")
+
+
+def test_device_map_places_the_converted_model(tmp_path):
+    folder, _, _ = make_folder(tmp_path)
+    plain = load_causal_lm(str(folder), dtype=torch.float32)
+    placed = load_causal_lm(str(folder), dtype=torch.float32, device_map="auto")
+    # accelerate's fit on a machine without GPUs: one device, so no map is recorded
+    assert not hasattr(placed, "hf_device_map") and placed.device == torch.device("cpu")
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    assert torch.equal(placed(ids).logits, plain(ids).logits)
 
 
 def test_a_converted_model_saved_natively_loads_back_the_same(saved, tmp_path):

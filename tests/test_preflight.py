@@ -69,8 +69,12 @@ def test_a_corpus_too_small_for_one_batch_is_named(tiny, tmp_path, capsys, no_mo
 
 
 def test_the_launch_world_size_enters_the_counts(
-    tiny, tmp_path, capsys, monkeypatch, no_model_load
-):  # noqa: F811
+    tiny,  # noqa: F811
+    tmp_path,
+    capsys,
+    monkeypatch,
+    no_model_load,
+):
     # 12 samples in batches of 2 is 6 batches on one process, 3 on two, 1 on four, 0 on eight
     monkeypatch.setenv("WORLD_SIZE", "8")
     err = stderr_of_refusal(lambda: train(argv(tiny, tmp_path / "run")), capsys)

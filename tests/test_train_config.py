@@ -21,8 +21,17 @@ from open_flamingo.train.run_folder import data_order
 
 
 @pytest.fixture
-def locations(byte_tokenizer_dir) -> list[str]:
-    """The flags every command line needs: an LM and the two corpora."""
+def locations(byte_tokenizer_dir, tmp_path, monkeypatch) -> list[str]:
+    """The flags every command line needs: an LM and the two corpora. The corpora's folders
+    exist (in the working directory, tmp_path), as the flags' checks want: a shard of each
+    suffix the tests' dataset types read, and an image in each image folder."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("docs/0.jsonl", "m/0.jsonl", "pairs/0.tar", "pairs/0.parquet"):
+        Path(name).parent.mkdir(exist_ok=True)
+        Path(name).write_bytes(b"")
+    for folder in ("images", "mi", "li"):
+        Path(folder).mkdir()
+        (Path(folder) / "0.jpg").write_bytes(b"")
     return [
         *("--lm_path", str(byte_tokenizer_dir)),
         *("--omnicorpus_shards", "docs", "--omnicorpus_image_prefix", "images"),
@@ -158,7 +167,11 @@ def test_every_flag_lands_in_its_field(locations, byte_tokenizer_dir, tmp_path):
 def test_data_order_keeps_the_keys_checkpoints_store(locations):
     """trainer_state.json's data_order is compared on resume: its keys are the flags' names, as
     checkpoints written before the configs have them."""
-    config = parse_config([*locations, "--workers", "2", "--batch_size_laion", "4", "--seed", "3"])
+    # 10000 / 8 interleaved and 5000 / 4 pairs: 1250 batches of each
+    config = parse_config(
+        [*locations, "--workers", "2", "--batch_size_laion", "4", "--seed", "3"]
+        + ["--train_num_samples_laion", "5000"]
+    )
     assert data_order(config, 2, {}) == {
         "num_processes": 2,
         "workers": 2,
@@ -170,7 +183,7 @@ def test_data_order_keeps_the_keys_checkpoints_store(locations):
         "interleaved_dataset": "omnicorpus",
         "laion_dataset": "laion",
         "train_num_samples_interleaved": 10000,
-        "train_num_samples_laion": 20000,
+        "train_num_samples_laion": 5000,
     }
 
 

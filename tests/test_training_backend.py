@@ -22,25 +22,33 @@ from tiny_models import IMAGE_SIZE
 PACKAGE = REPO / "open_flamingo"
 
 
-def launched_with(kind: str) -> SimpleNamespace:
+def launched_with(kind: str, zero_stage: int = 2, offload: str = "none") -> SimpleNamespace:
     """What `choose_backend` reads of an Accelerator that accelerate set up as `kind`."""
-    return SimpleNamespace(distributed_type=DistributedType[kind])
+    plugin = SimpleNamespace(zero_stage=zero_stage, offload_optimizer_device=offload)
+    return SimpleNamespace(
+        distributed_type=DistributedType[kind], state=SimpleNamespace(deepspeed_plugin=plugin)
+    )
 
 
 @pytest.mark.parametrize(
-    "kind, backend",
+    "launch, backend, name",
     [
-        ("NO", TrainingBackend),
-        ("MULTI_CPU", DataParallelBackend),
-        ("MULTI_GPU", DataParallelBackend),
-        ("DEEPSPEED", DeepSpeedBackend),
-        ("FSDP", FSDP2Backend),
+        (launched_with("NO"), TrainingBackend, "plain PyTorch"),
+        (launched_with("MULTI_CPU"), DataParallelBackend, "DDP"),
+        (launched_with("MULTI_GPU"), DataParallelBackend, "DDP"),
+        (launched_with("DEEPSPEED", zero_stage=1), DeepSpeedBackend, "DeepSpeed ZeRO-1"),
+        (
+            launched_with("DEEPSPEED", zero_stage=2, offload="cpu"),
+            DeepSpeedBackend,
+            "DeepSpeed ZeRO-2, optimizer on the CPU",
+        ),
+        (launched_with("FSDP"), FSDP2Backend, "FSDP2"),
     ],
 )
-def test_the_backend_is_chosen_from_accelerate_s_state(kind, backend):
-    chosen = choose_backend(launched_with(kind))
+def test_the_backend_is_chosen_from_accelerate_s_state(launch, backend, name):
+    chosen = choose_backend(launch)
     assert type(chosen) is backend
-    assert chosen.name == kind  # the trainer's log names it as accelerate does
+    assert chosen.name == name  # what the run's start-up line calls it
 
 
 def test_a_backend_the_trainer_does_not_support_is_refused():

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 from .flamingo import Flamingo
 from .mosaic_gpt import load_causal_lm
 from .mpt_attention import use_sdpa_for_mpt
+from .placement import place_beside_lm
 from .pretrained_paths import resolve_pretrained_path
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ def create_model_and_transforms(
     trust_remote_code: bool = False,
     dtype: torch.dtype | str | None = None,
     torch_dtype: torch.dtype | str | None = None,
+    device_map: str | dict | None = None,
     **flamingo_kwargs,
 ):
     """Build an OpenFlamingo model, its image processor and its tokenizer.
@@ -159,6 +161,10 @@ def create_model_and_transforms(
             read from disk in it (a 9B's LM in float32 needs about 36 GB of RAM), the rest is
             cast to it. Default float32, upstream's numerics. `torch_dtype` is the same
             argument under the name older Hugging Face code uses.
+        device_map: where the LM's layers go, as `from_pretrained` takes it ("auto", a device,
+            or a dict; needs accelerate). The vision encoder and perceiver then go to the
+            device of the LM's input embedding and each cross-attention block beside the
+            decoder layer it precedes (`src/placement.py`). Default: everything on the CPU.
         **flamingo_kwargs: passed to `Flamingo`.
 
     Returns:
@@ -190,12 +196,14 @@ def create_model_and_transforms(
         cache_dir=cache_dir,
     )
 
+    placement = {} if device_map is None else {"device_map": device_map}
     lang_encoder = load_causal_lm(  # MosaicGPT / MPT natively, others via AutoModelForCausalLM
         lang_encoder_path,
         local_files_only=use_local_files,
         trust_remote_code=trust_remote_code,
         cache_dir=cache_dir,
         dtype=dtype,
+        **placement,
     )
     model = assemble_flamingo(
         vision_encoder,
@@ -212,6 +220,8 @@ def create_model_and_transforms(
     # them); the parts built here follow it
     for part in (model.vision_encoder, model.perceiver, model.lang_encoder.gated_cross_attn_layers):
         part.to(dtype)
+    if device_map is not None:
+        place_beside_lm(model)
     # what save_pretrained records (the open_clip name is needed to rebuild the vision tower)
     model.created_from = {
         "clip_vision_encoder_path": clip_vision_encoder_path,

@@ -28,6 +28,7 @@ from transformers import AutoTokenizer
 
 from .mosaic_gpt import load_causal_lm
 from .mpt_attention import use_sdpa_for_mpt
+from .placement import place_beside_lm
 
 CONFIG_FILE = "open_flamingo_config.json"
 PARTS_FILE = "flamingo.safetensors"
@@ -135,8 +136,8 @@ def load_flamingo(folder, *, dtype=None, device_map=None, **flamingo_kwargs):
     """The Flamingo saved in `folder` and its image processor: `(model, image_processor)`.
 
     dtype: as `create_model_and_transforms`'s (default: the dtypes the weights were saved in).
-    device_map: passed to the LM's `from_pretrained` (e.g. "auto"; transformers and accelerate
-        decide where it works); the other parts go to the device of the LM's input embedding.
+    device_map: passed to the LM's `from_pretrained` (e.g. "auto"; needs accelerate); the other
+        parts go beside the LM parts they work with (`src/placement.py`).
     **flamingo_kwargs: passed to `Flamingo` (e.g. gradient_checkpointing).
     """
     from .factory import set_trainable_parameters
@@ -170,15 +171,11 @@ def load_flamingo(folder, *, dtype=None, device_map=None, **flamingo_kwargs):
             f"{folder / PARTS_FILE} does not fit the model its config describes (missing: "
             f"{missing[:5]}, unexpected: {unexpected[:5]}); was the folder edited by hand?"
         )
-    device = lang_encoder.get_input_embeddings().weight.device
-    for key, tensor in parts.items():
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        parts[key] = tensor.to(device)
+    if dtype is not None:
+        parts = {k: t.to(dtype) if t.is_floating_point() else t for k, t in parts.items()}
     model.load_state_dict(parts, strict=False, assign=True)
-    model.vision_encoder.to(device)
-    model.perceiver.to(device)
-    model.lang_encoder.gated_cross_attn_layers.to(device)
+    if device_map is not None:
+        place_beside_lm(model)
     set_trainable_parameters(model, freeze_lm_embeddings=config.freeze_lm_embeddings)
     model.created_from = {"flamingo_folder": str(folder)}
     return model, image_transform_v2(preprocess, is_train=False)

@@ -87,7 +87,12 @@ class FlamingoDecoderLayer(nn.Module):
     def _forward(self, hidden_states, latents, text_time, keys_values, *args, **kwargs):
         block = self.gated_cross_attn_layer
         if block is not None:
-            hidden_states = block(hidden_states, latents, text_time, keys_values)
+            # where the block sits: its decoder layer's device when the LM is dispatched over
+            # several (placement.py); these moves are no-ops on one device
+            device = block.attn_gate.device
+            hidden_states = block(
+                hidden_states.to(device), latents.to(device), text_time.to(device), keys_values
+            )
         return self.decoder_layer(hidden_states, *args, **kwargs)
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):

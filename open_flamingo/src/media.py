@@ -184,7 +184,10 @@ class MediaSession:
         keys_values = None
         if keep_keys_values:
             keys_values = tuple(
-                None if block is None else block.attn.media_keys_values(latents) for block in blocks
+                None
+                if block is None
+                else block.attn.media_keys_values(latents.to(block.attn_gate.device))
+                for block in blocks
             )
         self._per_text_batch = (key, latents, keys_values)
         return latents, keys_values

@@ -232,6 +232,22 @@ def _dtype(kwargs: dict, raw: dict) -> torch.dtype | None:
     return dtype
 
 
+def dispatch(model, device_map):
+    """Place a model built here as `from_pretrained(device_map=...)` places the ones it loads:
+    "auto" (accelerate's fit over the devices), one device, or a dict of module -> device."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if device_map == "auto":
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
+    elif not isinstance(device_map, dict):
+        device_map = {"": device_map}
+    if len(set(device_map.values())) == 1:  # as transformers: moved, no hooks, no map recorded
+        return model.to(next(iter(device_map.values())))
+    model = dispatch_model(model, device_map)
+    model.hf_device_map = device_map
+    return model
+
+
 def load_causal_lm(path: str, **kwargs):
     """The causal LM at `path` (a Hugging Face id or folder, or a `.gguf` file), as
     `AutoModelForCausalLM.from_pretrained(path, **kwargs)` loads it, except that MosaicGPT and
@@ -239,7 +255,8 @@ def load_causal_lm(path: str, **kwargs):
 
     kwargs: `from_pretrained`'s. For MosaicGPT and MPT: `dtype` (or `torch_dtype`; default
     "auto", the config's dtype, as transformers 5 does) and the arguments that locate files
-    (HUB_KWARGS); `trust_remote_code` is not needed and changes nothing. Raises ValueError for
+    (HUB_KWARGS), and `device_map` (`dispatch`); `trust_remote_code` is not needed and changes
+    nothing. Raises ValueError for
     other arguments there, for settings transformers' MPT cannot reproduce and for weights that
     do not fit; FileNotFoundError when the folder holds no weights.
     """
@@ -260,7 +277,8 @@ def load_causal_lm(path: str, **kwargs):
     family = raw.get("model_type")
     if family not in ("mosaic_gpt", "mpt"):
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    others = sorted(kwargs.keys() - {*HUB_KWARGS, "dtype", "torch_dtype", "trust_remote_code"})
+    understood = {*HUB_KWARGS, "dtype", "torch_dtype", "trust_remote_code", "device_map"}
+    others = sorted(kwargs.keys() - understood)
     if others:
         raise ValueError(
             f"{path} is a {family} model, loaded here as transformers' MptForCausalLM without "
@@ -286,6 +304,8 @@ def load_causal_lm(path: str, **kwargs):
     )
     if generation_file:
         model.generation_config = GenerationConfig.from_pretrained(Path(generation_file).parent)
+    if kwargs.get("device_map") is not None:
+        model = dispatch(model, kwargs["device_map"])
     logger.info(
         "%s (%s) loaded as MptForCausalLM without its remote code: QK-LayerNorm %s, %s.",
         path,
