@@ -221,8 +221,11 @@ def test_flag_errors(model_flags, eval_layouts, capsys):
     with pytest.raises(SystemExit):
         main(model_flags)
     assert "choose at least one of" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="No path given for the coco Karpathy split file"):
+    with pytest.raises(SystemExit):
         main([*model_flags, "--eval_coco", "--coco_train_image_dir_path", "."])
+    err = capsys.readouterr().err
+    assert "3 problems:" in err
+    assert "--eval_coco needs --coco_karpathy_json_path (dataset_coco.json (Karpathy split))" in err
     flags = path_flags(eval_layouts, ["coco"])
     with pytest.raises(ValueError, match="--query_set_size 2048 exceeds the 6 training items"):
         main([*model_flags, *flags, "--shots", "2"])
