@@ -86,7 +86,7 @@ class FlamingoDecoderLayer(nn.Module):
 
     def _forward(self, hidden_states, latents, text_time, keys_values, *args, **kwargs):
         block = self.gated_cross_attn_layer
-        if block is not None:
+        if block is not None and latents is not None:  # None: a text-only call, LM as it is
             hidden_states = block(hidden_states, latents, text_time, keys_values)
         return self.decoder_layer(hidden_states, *args, **kwargs)
 

@@ -22,6 +22,7 @@ from .config import (
     corpus_configs,
     from_flags,
 )
+from .mixture import MixtureError, mixture_from_flags
 
 PRECISIONS = ("fp32", "bf16", "amp_bf16", "amp_bfloat16", "fp16")
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -180,6 +181,12 @@ def build_parser(
     )
     data.add_argument(
         "--workers", type=int, default=4, help="data-loader workers per corpus and rank"
+    )
+    data.add_argument(
+        "--mixture",
+        default=None,
+        help="a YAML / JSON file of sources (type, shards, weight, batch size, ...) to train on "
+        "instead of the two corpora above: docs/training.md",
     )
 
     optim = parser.add_argument_group("optimisation")
@@ -384,7 +391,12 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         )
     if args.load_from_pretrained and not Path(args.load_from_pretrained).is_file():
         parser.error(f"--load_from_pretrained {args.load_from_pretrained}: no such file")
-    for role, corpus in zip(("interleaved", "laion"), corpus_configs(args), strict=True):
+    try:
+        mixture = mixture_from_flags(args)  # checked before the model loads
+    except MixtureError as error:
+        parser.error(str(error))
+    two_corpora = zip(("interleaved", "laion"), corpus_configs(args), strict=True)
+    for role, corpus in two_corpora if mixture is None else ():  # a mixture's: mixture.py
         fmt = get_format(corpus.dataset_type)
         if corpus.shards is None:
             parser.error(f"--{role}_dataset {corpus.dataset_type} needs --{fmt.flag_base}_shards")

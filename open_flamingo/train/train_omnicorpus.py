@@ -30,6 +30,7 @@ from open_flamingo.train.checkpointing import (
 )
 from open_flamingo.train.config import TrainConfig
 from open_flamingo.train.distributed import make_accelerator
+from open_flamingo.train.feeds import make_feed, mixture_loaders
 from open_flamingo.train.loop import NonFiniteLossError, Trainer, TrainerState
 from open_flamingo.train.optim import build_optimizer, build_scheduler
 from open_flamingo.train.preemption import StopRequest
@@ -40,6 +41,10 @@ logger = logging.getLogger("open_flamingo.train")
 
 def build_loaders(config: TrainConfig, image_processor, tokenizer, accelerator) -> dict:
     world_size, rank = accelerator.num_processes, accelerator.process_index
+    if config.mixture is not None:
+        return mixture_loaders(
+            config.mixture, image_processor, tokenizer, rank=rank, world_size=world_size
+        )
     loaders = {
         name: get_data(
             corpus, image_processor, tokenizer, rank=rank, world_size=world_size
@@ -126,7 +131,8 @@ def _train(config: TrainConfig, accelerator, run_dir: Path, stop: StopRequest) -
     backend.prepare_model(model, optim.precision, trainable_embedding_rows=trained_rows)
 
     loaders = build_loaders(config, image_processor, tokenizer, accelerator)
-    batches = optim.num_epochs * len(loaders["interleaved"])
+    feed = make_feed(config, loaders)
+    batches = optim.num_epochs * feed.num_batches
     total_steps = math.floor(batches / optim.gradient_accumulation_steps)
     if total_steps < 1:
         raise SystemExit(
@@ -153,7 +159,9 @@ def _train(config: TrainConfig, accelerator, run_dir: Path, stop: StopRequest) -
             logger.info("no checkpoint in %s yet: starting from scratch", run_dir)
         else:
             logger.info("resuming from %s", path)
-            saved = load_training_checkpoint(backend, model, optimizer, scheduler, loaders, path)
+            saved = load_training_checkpoint(
+                backend, model, optimizer, scheduler, feed.stateful(), path
+            )
             state = TrainerState(**saved)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(
@@ -163,11 +171,13 @@ def _train(config: TrainConfig, accelerator, run_dir: Path, stop: StopRequest) -
         accelerator.num_processes,
         accelerator.device,
         n_trainable,
-        len(loaders["interleaved"]),
+        feed.num_batches,
         total_steps,
         stepping_optimizer_name(optimizer),
     )
-    trainer = Trainer(config, backend, model, optimizer, scheduler, loaders, run_dir, state, stop)
+    trainer = Trainer(
+        config, backend, model, optimizer, scheduler, loaders, run_dir, state, stop, feed=feed
+    )
     return trainer.train()
 
 
