@@ -5,6 +5,7 @@ with the tiny model and synthetic corpus of test_train.py."""
 import json
 
 import pytest
+from test_data_formats import upload_dirs
 from test_faults_runs import start_trainer, wait_for_step
 from test_train import argv, losses, tiny  # noqa: F401 (a fixture)
 
@@ -13,7 +14,6 @@ from open_flamingo.train import checkpointing
 from open_flamingo.train.args import parse_args
 from open_flamingo.train.metrics import read_metrics
 from open_flamingo.train.train_omnicorpus import main
-from test_data_formats import upload_dirs
 
 STEPS = 8
 NO_CORPUS_FLAGS = dict(omnicorpus_shards=None, omnicorpus_image_prefix=None, laion_shards=None)
@@ -111,10 +111,10 @@ def test_a_mixture_run_killed_with_sigkill_resumes_exactly(tiny, mixture, uninte
 
 
 def test_a_mixture_with_a_source_on_ceph_rgw_trains_as_the_local_one(
-    tiny,
+    tiny,  # noqa: F811
     mixture,
     uninterrupted,
-    s3_bucket,  # noqa: F811
+    s3_bucket,
 ):
     root = tiny["root"]
     upload_dirs(root, f"{s3_bucket}/data", ("text-corpus",))
