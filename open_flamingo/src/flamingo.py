@@ -129,8 +129,13 @@ class Flamingo(FlamingoFolderMixin, nn.Module):
                     "uncache_media() first."
                 )
             self._check_image_tokens(lang_x, session.num_media, "the media cached by cache_media")
-        elif vision_x is None:
-            self._check_image_tokens(lang_x, 0, "a text-only call (vision_x=None)")
+        elif vision_x is None:  # text only (a mixture's text batch): the plain LM
+            if _holds_data(lang_x) and bool((lang_x == self.media_token_id).any()):
+                raise ValueError(
+                    "Pass vision_x, or cache media first with cache_media(): the text holds "
+                    "<image> tokens. Only text without them runs with vision_x=None (as the "
+                    "plain LM)."
+                )
             session = TEXT_ONLY
         else:
             self._check_media_inputs(vision_x, lang_x)
