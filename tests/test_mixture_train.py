@@ -12,7 +12,8 @@ from test_train import argv, losses, tiny  # noqa: F401 (a fixture)
 from open_flamingo.data.synthetic import write_synthetic_corpus
 from open_flamingo.train import checkpointing
 from open_flamingo.train.args import parse_args
-from open_flamingo.train.metrics import read_metrics
+from open_flamingo.train.config import LoggingConfig
+from open_flamingo.train.metrics import MetricsLogger, read_metrics
 from open_flamingo.train.train_omnicorpus import main
 
 STEPS = 8
@@ -154,3 +155,32 @@ def test_a_bad_spec_stops_the_run_before_the_model_loads(tiny, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(mixture_argv(tiny, tmp_path / "run", bad))
     assert f"--mixture {bad}: source 'x': missing field(s)" in capsys.readouterr().err
+
+
+class RecordingAccelerator:
+    """What MetricsLogger uses of accelerate: the trackers' calls, recorded."""
+
+    is_main_process, num_processes, process_index = True, 1, 0
+
+    def __init__(self):
+        self.logged = []
+
+    def init_trackers(self, project, config, init_kwargs):
+        pass
+
+    def log(self, values, step):
+        self.logged.append((step, values))
+
+
+def test_wandb_gets_the_per_source_keys_of_the_metrics_rows(uninterrupted, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    accelerator = RecordingAccelerator()
+    logger = MetricsLogger(tmp_path, accelerator, LoggingConfig(report_to_wandb=True))
+    rows = read_metrics(uninterrupted / "metrics.jsonl")
+    for row in rows:
+        logger.log(row)
+    assert read_metrics(tmp_path / "metrics.jsonl") == rows
+    for (step, values), row in zip(accelerator.logged, rows, strict=True):
+        assert step == row["step"]
+        assert values == {k: v for k, v in row.items() if v is not None}  # same keys and numbers
+        assert {"samples/web", "epoch/web", "loss_laion"} <= set(values)
