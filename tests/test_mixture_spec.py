@@ -3,9 +3,11 @@ and field, and the seeded draw whose realised proportions converge to the weight
 
 import json
 import math
+import re
 
 import pytest
 
+from conftest import REPO
 from open_flamingo.train.mixture import MixtureError, SourceDraw, load_mixture
 
 DEFAULTS = dict(workers=0, seed=3, resampled=False, max_num_images=6, sim_threshold=0.24)
@@ -160,3 +162,14 @@ def test_every_rank_draws_the_same_sources_and_a_resumed_draw_continues_exactly(
     assert resumed.counts == rank0.counts
     with pytest.raises(ValueError, match="saved draw is over sources"):
         SourceDraw(["a", "b"], [1, 1], seed=7).load_state_dict(first.state_dict())
+
+
+def test_the_documented_spec_parses(tmp_path):
+    """docs/training.md's mixture of OmniCorpus, OBELICS, MMC4, web text and LAION."""
+    text = (REPO / "docs" / "training.md").read_text()
+    spec = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    (tmp_path / "mixture.yaml").write_text(spec)
+    mixture = load_mixture(tmp_path / "mixture.yaml", **DEFAULTS)
+    assert [s.name for s in mixture.drawn] == ["omnicorpus", "obelics", "mmc4", "web"]
+    assert [s.name for s in mixture.every_step] == ["laion"]
+    assert sum(s.weight for s in mixture.drawn) == pytest.approx(1.0)
