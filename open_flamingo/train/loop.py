@@ -99,7 +99,7 @@ class Trainer:
                 fetch_start = time.perf_counter()
                 parts = self.feed.next_parts()
                 self._add("data_wait_s", time.perf_counter() - fetch_start)
-                result = self.micro_step.run(parts)
+                result = self.micro_step(parts)
                 self.state.batch_in_epoch += 1
                 self._count_finite(result)
                 self._add("loss", result.loss.item(), count=True)

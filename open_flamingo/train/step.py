@@ -79,7 +79,13 @@ class TrainStep:
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
         return self.accelerator.reduce(bad, reduction="sum").item() == 0
 
-    def __call__(self, batch_interleaved: dict, batch_laion: dict) -> StepResult:
+    def __call__(
+        self, batch_interleaved: dict | list[StepPart], batch_laion: dict | None = None
+    ) -> StepResult:
+        """One interleaved and one LAION batch (upstream's step), or the list of a step's parts
+        (`run`), as the trainer passes them."""
+        if batch_laion is None:
+            return self.run(batch_interleaved)
         optim = self.optim
         return self.run(
             [
