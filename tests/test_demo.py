@@ -151,3 +151,30 @@ def test_two_process_training_is_real_ddp_on_cpu(tmp_path):
     assert flags["--vision_encoder_pretrained"] == str(vision)
     # as upstream, the <image> and <|endofchunk|> embedding rows train
     assert "--freeze_lm_embeddings" not in command
+
+
+def test_quick_mixture_demo_trains_on_documents_text_and_pairs(tmp_path):
+    """`make demo MIXTURE=1` in the quick mode: a `--mixture` spec over the synthetic documents,
+    text-only documents and pairs; per-source losses in metrics.jsonl and the loss curve."""
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--mixture", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    spec = json.loads((out / "mixture.json").read_text())
+    assert f"--mixture {out / 'mixture.json'}" in result.stdout
+    assert [s["type"] for s in spec["sources"]] == ["omnicorpus", "text", "laion"]
+    assert spec["steps"] == QUICK.steps
+    assert list((out / "corpus" / "text").glob("*.jsonl"))
+    rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [2, 4, 6]
+    for row in rows:
+        assert math.isfinite(row["loss"]) and math.isfinite(row["loss_shapes-pairs"])
+        assert row["samples/shapes-pairs"] == 2 * QUICK.batch_laion
+    drawn = sum(row["samples/shapes-docs"] + row["samples/shapes-text"] for row in rows)
+    assert drawn == QUICK.steps * QUICK.batch_interleaved
+    assert (out / "run" / "loss.png").is_file()

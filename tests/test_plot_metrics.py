@@ -125,3 +125,34 @@ def test_unwritable_output_fails_clearly(tmp_path, capsys):
         plot_metrics.main([str(metrics), "-o", str(tmp_path)])  # a folder
     assert exit_info.value.code == 2
     assert f"error: cannot write {tmp_path}: " in capsys.readouterr().err
+
+
+def test_a_mixture_run_gets_one_curve_per_source(tmp_path, monkeypatch):
+    """Each step logs the loss of the drawn source only (None for the others) and the pair
+    source's: every source becomes a curve of its own steps."""
+    drawn = ["omnicorpus", "web", "omnicorpus", "obelics"]
+    rows = []
+    for step, name in enumerate(drawn, start=1):
+        losses = {f"loss_{n}": None for n in ("omnicorpus", "obelics", "web")}
+        losses[f"loss_{name}"] = 5.0 - step / 10
+        rows.append(row(step, 4.0 - step / 10, **losses, loss_laion=3.0 - step / 10))
+    metrics = write_metrics(tmp_path / "metrics.jsonl", rows)
+    series = plot_metrics.load_series(metrics)
+    assert list(series) == ["loss", "loss_omnicorpus", "loss_obelics", "loss_web", "loss_laion"]
+    assert series["loss_omnicorpus"] == ([1, 3], [4.9, 4.7])
+    assert series["loss_web"] == ([2], [4.8]) and series["loss_obelics"] == ([4], [4.6])
+    drawn_curves = []
+    original = plot_metrics.plot
+
+    def record(series, out, title):
+        import matplotlib.pyplot as plt
+
+        monkeypatch.setattr(plt, "close", lambda figure: drawn_curves.extend(figure.axes[0].lines))
+        return original(series, out, title)
+
+    monkeypatch.setattr(plot_metrics, "plot", record)
+    plot_metrics.main([str(metrics), "-o", str(tmp_path / "mix.png")])
+    labels = [line.get_label() for line in drawn_curves]
+    assert labels == ["total (weighted)", "omnicorpus", "obelics", "web", "LAION"]
+    assert [list(line.get_xdata()) for line in drawn_curves][1:3] == [[1, 3], [4]]
+    assert (tmp_path / "mix.png").read_bytes().startswith(PNG_SIGNATURE)

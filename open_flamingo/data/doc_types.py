@@ -38,6 +38,14 @@ class PairDoc:
     image: ImageRef
 
 
+@dataclass
+class TextDoc:
+    """A text without images (a web-text corpus's document)."""
+
+    key: str
+    text: str
+
+
 def image_object_name(url: str) -> str:
     """The OmniCorpus object name of an image: the SHA-256 hex digest of its URL (no extension)."""
     return hashlib.sha256(url.encode("utf-8")).hexdigest()

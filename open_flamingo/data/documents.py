@@ -8,6 +8,8 @@ Schemas:
 - OmniCorpus "with similarities" (`sentences` / `matrix` / `images_info`): see mmc4.py.
 - MMC4 (`jsonl.zip` shards, images as files) and OpenFlamingo's MMC4 webdataset form (json docs
   with base64 images): see `open_flamingo.data.mmc4`.
+- Text-only corpora (web text for a mixture's text source): JSONL / Parquet rows with a string
+  field `text`.
 - LAION: img2dataset webdataset samples (jpg + txt + json) or table rows: a URL (image object
   sha256(url)) or, in OmniCorpus's LAION-En2B rows, `image` (the object's name), + a caption.
 
@@ -21,6 +23,7 @@ from .doc_types import (
     ImageRef,
     InterleavedDoc,
     PairDoc,
+    TextDoc,
     image_object_name,
     image_uri,
     require_field,
@@ -165,6 +168,14 @@ def parse_laion_table(
     return PairDoc(key=key, caption=caption, image=ImageRef(uri=image_uri(image_prefix, name)))
 
 
+def parse_text(record: dict, key: str) -> TextDoc:
+    """A JSONL / Parquet row with a string `text` -> TextDoc; an empty text is "empty_text"."""
+    text = require_field(record, "text", str)
+    if not text.strip():
+        raise SkipSample("empty_text", key)
+    return TextDoc(key=key, text=text)
+
+
 def _first_present(record: dict, fields: tuple[str, ...]):
     return next((record[field] for field in fields if record.get(field) is not None), None)
 
@@ -175,6 +186,7 @@ __all__ = [
     "ImageRef",
     "InterleavedDoc",
     "PairDoc",
+    "TextDoc",
     "image_object_name",
     "image_uri",
     "parse_laion_table",
@@ -183,4 +195,5 @@ __all__ = [
     "parse_mmc4_wds",
     "parse_omnicorpus",
     "parse_omnicorpus_sim",
+    "parse_text",
 ]

@@ -8,6 +8,7 @@
 | mmc4_wds | OpenFlamingo's MMC4 webdataset | `.tar` | MMC4's |
 | laion | img2dataset webdataset | `.tar` | pairs |
 | laion_table | `url`/`URL` or `image`, `caption`/`TEXT`/`text` | JSON lines (`.txt` too), parquet | pairs |
+| text | `text` (no images) | JSON lines, `.json` arrays, parquet | plain causal LM |
 
 OmniCorpus's own type names work too: `laionen2b` (its LAION-En2B rows) is `laion_table`,
 `omnicorpus_w_similarities` is `omnicorpus_sim`. A folder given as shards contributes only the
@@ -28,6 +29,7 @@ from .documents import (
     parse_mmc4_wds,
     parse_omnicorpus,
     parse_omnicorpus_sim,
+    parse_text,
 )
 from .samples import TextRule
 
@@ -59,6 +61,10 @@ def _laion_wds(record, key, image_prefix, config, skips):
 
 def _laion_table(record, key, image_prefix, config, skips):
     return parse_laion_table(record, key, image_prefix)
+
+
+def _text(record, key, image_prefix, config, skips):
+    return parse_text(record, key)
 
 
 def _same_prefix(shard: str, image_prefix: str | None) -> str | None:
@@ -93,7 +99,7 @@ def mmc4_image_folder(shard: str, image_prefix: str | None) -> str | None:
 @dataclass(frozen=True)
 class DatasetFormat:
     name: str
-    kind: Literal["interleaved", "pairs"]
+    kind: Literal["interleaved", "pairs", "text"]
     # (record, key, image prefix, StreamConfig, SkipCounter) -> document; raises SkipSample
     parse: Callable
     shard_suffixes: tuple[str, ...]
@@ -151,6 +157,8 @@ FORMATS: dict[str, DatasetFormat] = {
     "laion_table": DatasetFormat(
         "laion_table", "pairs", _laion_table, TABLE_SUFFIXES, needs_image_prefix=True
     ),
+    # Text only (a mixture's web text): no <image> token, no images, every token trained.
+    "text": DatasetFormat("text", "text", _text, JSON_SUFFIXES),
 }
 
 

@@ -2,7 +2,7 @@
 
 Interleaved doc -> text `<image>t1<|endofchunk|><image>t2 ...<|endofchunk|>{eos}` plus up to
 `max_num_images` image tensors; image-caption pair -> `<image>{caption}<|endofchunk|>{eos}` plus
-one image. Token ids are right padded / truncated to `max_tokens`; labels mask what the model is
+one image; text-only document -> `{text}{eos}` and no images. Token ids are right padded / truncated to `max_tokens`; labels mask what the model is
 not trained to predict.
 
 Rejected documents raise `SkipSample(reason)`, for the caller to count; events that do not
@@ -41,13 +41,14 @@ class Sample:
 
     input_ids: (L,) long, right padded. attention_mask: (L,) long, 1 on real tokens.
     labels: (L,) long, input_ids with IGNORE_INDEX where no loss is taken.
-    images: (N, 1, C, H, W) float; interleaved: N = max_num_images, zero-padded; pairs: N = 1.
+    images: (N, 1, C, H, W) float; interleaved: N = max_num_images, zero-padded; pairs: N = 1;
+        None for a text-only sample.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
-    images: torch.Tensor
+    images: torch.Tensor | None
 
 
 def decode_image(
@@ -283,3 +284,25 @@ def build_pair_sample(
         labels=pair_labels(input_ids, pad_id=pad_id, media_id=media_id),
         images=_image_stack([image], image_processor, 1),
     )
+
+
+def build_text_sample(
+    text: str, tokenizer, *, max_tokens: int, key: str, skips: SkipCounter | None = None
+) -> Sample:
+    """A text-only document -> Sample without images: `{text}{eos}`, every real token trained
+    (a plain causal LM's loss).
+
+    Raises:
+        SkipSample: "media_token_in_text" when the text spells `<image>` (it would become the
+            media token, which needs an image), "no_trainable_tokens" when nothing is left.
+    """
+    input_ids, attention_mask = tokenize_padded(
+        tokenizer, f"{text}{tokenizer.eos_token}", max_tokens, skips
+    )
+    pad_id, media_id, _ = _special_ids(tokenizer)
+    if bool((input_ids == media_id).any()):
+        raise SkipSample("media_token_in_text", key)
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+    if bool((labels == IGNORE_INDEX).all()):
+        raise SkipSample("no_trainable_tokens", key)
+    return Sample(input_ids=input_ids, attention_mask=attention_mask, labels=labels, images=None)

@@ -23,10 +23,16 @@ import torch
 
 from . import storage
 from .config import MAX_NUM_IMAGES
-from .documents import ImageRef, InterleavedDoc, PairDoc
+from .documents import ImageRef, InterleavedDoc, PairDoc, TextDoc
 from .formats import DatasetFormat
 from .mmc4 import MMC4_SIM_THRESHOLD, Mmc4Candidates
-from .samples import Sample, build_interleaved_sample, build_pair_sample, decode_image
+from .samples import (
+    Sample,
+    build_interleaved_sample,
+    build_pair_sample,
+    build_text_sample,
+    decode_image,
+)
 from .shards import ShardRecords, open_shard
 from .skips import SkipCounter, SkipSample
 
@@ -269,6 +275,14 @@ class SlotStream:
             if isinstance(doc, Mmc4Candidates):  # match only the images that can be used
                 doc, images = doc.match(images)
             try:
+                if isinstance(doc, TextDoc):
+                    return key, build_text_sample(
+                        doc.text,
+                        self.tokenizer,
+                        max_tokens=self.config.max_tokens,
+                        key=key,
+                        skips=self.skips,
+                    )
                 if isinstance(doc, PairDoc):
                     if images[0] is None:
                         raise SkipSample("no_images", key)
@@ -300,17 +314,19 @@ class SlotStream:
         )
 
     def next_batch(self) -> dict:
-        """(B, ...) tensors: images (B, N, 1, C, H, W), input_ids / attention_mask / labels (B, L);
-        `keys` (shard#record of each sample), `loader_slot` and `loader_state` (the state right
-        after this batch)."""
+        """(B, ...) tensors: images (B, N, 1, C, H, W) (not in a text-only batch), input_ids /
+        attention_mask / labels (B, L); `keys` (shard#record of each sample), `loader_slot` and
+        `loader_state` (the state right after this batch)."""
         keys, samples = zip(
             *(self._next_sample() for _ in range(self.config.batch_size)), strict=True
         )
         self.state.samples += len(samples)
         self.state.skips = self.skips.as_dict()
+        batch = {"keys": list(keys)}
+        if self.config.format.kind != "text":
+            batch["images"] = torch.stack([s.images for s in samples])
         return {
-            "keys": list(keys),
-            "images": torch.stack([s.images for s in samples]),
+            **batch,
             "input_ids": torch.stack([s.input_ids for s in samples]),
             "attention_mask": torch.stack([s.attention_mask for s in samples]),
             "labels": torch.stack([s.labels for s in samples]),

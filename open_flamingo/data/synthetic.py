@@ -242,6 +242,24 @@ class _CorpusWriter:
             shards.append(self.write(self.root.join("pairs", name), tar_bytes(members)))
         return shards
 
+    def texts(self, num_texts: int, texts_per_shard: int) -> list[str]:
+        """Text-only documents (`{"text": ...}` JSON lines) describing shapes in words: a
+        mixture's text source."""
+        shards = []
+        for shard_index, text_indices in enumerate(_chunks(range(num_texts), texts_per_shard)):
+            lines = []
+            for text_index in text_indices:
+                rng = random.Random(f"{self.seed}/text/{text_index}")
+                sentences = [
+                    f"Picture {random_spec(rng).caption}." for _ in range(rng.randint(2, 4))
+                ]
+                record = {"id": f"s{self.seed}-t{text_index:06d}", "text": " ".join(sentences)}
+                lines.append(json.dumps(record) + "\n")
+            name = f"shard-{shard_index:05d}.jsonl"
+            data = "".join(lines).encode("utf-8")
+            shards.append(self.write(self.root.join("text", name), data))
+        return shards
+
     def eval_split(self, num_eval: int) -> str:
         """Call after the training splits: each image is redrawn until it is new."""
         items = []
@@ -302,14 +320,18 @@ def write_synthetic_corpus(
     seed: int = 0,
     gzip_docs: bool = False,
     write_threads: int = 8,
+    num_texts: int = 0,
+    texts_per_shard: int = 100,
 ) -> dict:
     """Write the corpus under `out_uri` (local directory or storage URI); the same arguments give
-    byte-identical files. Returns a summary: paths (as URIs) and counts."""
+    byte-identical files. Returns a summary: paths (as URIs) and counts. `num_texts` > 0 also
+    writes text-only documents under `text/` (listed as `text_shards`)."""
     with ThreadPoolExecutor(write_threads) as pool:
         writer = _CorpusWriter(out_uri, seed, image_size, pool)
         doc_shards, num_doc_images = writer.docs(num_docs, docs_per_shard, gzip_docs)
         pair_shards = writer.pairs(num_pairs, pairs_per_shard)
         eval_json = writer.eval_split(num_eval)
+        text_shards = writer.texts(num_texts, texts_per_shard)
         writer.wait()
     summary = {
         "seed": seed,
@@ -323,5 +345,7 @@ def write_synthetic_corpus(
         "num_pairs": num_pairs,
         "num_eval": num_eval,
     }
+    if num_texts:
+        summary.update(text_shards=text_shards, num_texts=num_texts)
     write_bytes(str(writer.root.join("corpus.json")), json.dumps(summary, indent=2).encode())
     return summary

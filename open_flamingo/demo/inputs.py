@@ -126,6 +126,8 @@ def write_corpus(corpus_dir: Path, settings: Settings) -> dict:
         docs_per_shard=max(1, min(100, num_docs // slots)),
         pairs_per_shard=max(1, min(250, num_pairs // slots)),
         seed=settings.seed,
+        num_texts=num_docs if settings.mixture else 0,  # the mixture's text-only source
+        texts_per_shard=max(1, min(100, num_docs // slots)),
     )
     print(
         f"{summary['num_docs']} documents ({summary['num_doc_images']} images), "

@@ -6,6 +6,7 @@ import socket
 import sys
 from pathlib import Path
 
+from open_flamingo.demo.mixture import write_mixture_spec
 from open_flamingo.demo.settings import EVAL_ITEMS, MAX_TOKENS, VISION_ENCODER, Settings
 from open_flamingo.tools.paths import ACCELERATE_CONFIGS, TRAIN_SCRIPT
 
@@ -86,6 +87,10 @@ def train_command(
         "logging_steps": s.logging_steps,
         "checkpointing_steps": s.checkpointing_steps,
     }
+    if s.mixture:  # the spec names the corpora (demo/mixture.py)
+        for flag in ("omnicorpus_shards", "omnicorpus_image_prefix", "laion_shards"):
+            del flags[flag]
+        flags["mixture"] = write_mixture_spec(out / "mixture.json", s, corpus)
     return [*launch, str(TRAIN_SCRIPT), *flag_args(flags)], env
 
 

@@ -2,6 +2,7 @@
 
     python scripts/demo.py            # what `make demo` runs
     python scripts/demo.py --quick    # a tiny LM and a handful of steps: the test's mode
+    python scripts/demo.py --mixture  # `make demo MIXTURE=1`: a mixture with text-only data
 
 Everything is local and offline:
 
@@ -30,6 +31,9 @@ Everything is local and offline:
 The settings fit a 2-core laptop: one process (a second one would only split the same two
 cores), sequences just long enough for the synthetic captions, and a cross-attention layer
 every 10 of SmolLM2's 30 layers. Timings are in the README and docs/benchmarks.md.
+
+`--mixture` trains on a `--mixture` spec instead (open_flamingo/demo/mixture.py): the documents
+and a text-only split of the corpus drawn 70 / 30, the pairs every step (docs/training.md).
 """
 
 import argparse
@@ -92,6 +96,12 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser.add_argument(
         "--cross-attn-every-n-layers", type=int, help="override the cross-attention interval"
     )
+    parser.add_argument(
+        "--mixture",
+        action="store_true",
+        help="train on a mixture: documents and text-only documents drawn 70 / 30, pairs every "
+        "step (docs/training.md)",
+    )
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     overrides = {
@@ -100,6 +110,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Settings]:
         "processes": args.processes,
         "learning_rate": args.learning_rate,
         "cross_attn_every_n_layers": args.cross_attn_every_n_layers,
+        "mixture": args.mixture or None,
     }
     settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     if settings.steps < 1:

@@ -31,6 +31,9 @@ class Settings:
     vision_pretrain_steps: int  # steps that teach the vision tower the shapes (shapes_vision.py)
     workers: int = 1
     seed: int = 42
+    # train on a mixture (demo/mixture.py): documents and text-only documents drawn, pairs
+    # every step; off in `make demo`, on with `make demo MIXTURE=1`
+    mixture: bool = False
 
 
 FULL = Settings(

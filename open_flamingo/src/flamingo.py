@@ -16,7 +16,7 @@ from .flamingo_folder import FlamingoFolderMixin
 from .flamingo_lm import FlamingoDecoderLayer, insert_gated_cross_attention
 from .helpers import PerceiverResampler
 from .lm_registry import infer_decoder_layers_attr_name, lm_hidden_size
-from .media import ImageCountBuffer, MediaSession
+from .media import TEXT_ONLY, ImageCountBuffer, MediaSession
 from .mpt_attention import SdpaMptAttention
 from .recompute import normalize_policy
 
@@ -104,7 +104,8 @@ class Flamingo(FlamingoFolderMixin, nn.Module):
         Args:
             vision_x: (B, T_img, F, C, H, W) images, F = 1; None after `cache_media`. Row b
                 holds the images of text row b, in order; a row may have more images than
-                `<image>` tokens (padding), never fewer.
+                `<image>` tokens (padding), never fewer. None without cached media: text-only
+                input (no `<image>` token), run as the plain LM, the gated blocks skipped.
             lang_x: (B, L) token ids containing one `<image>` per image.
             attention_mask: (B, L), 1 for real tokens.
             labels: (B, L) targets (-100 = ignored); the LM shifts them.
@@ -128,8 +129,14 @@ class Flamingo(FlamingoFolderMixin, nn.Module):
                     "uncache_media() first."
                 )
             self._check_image_tokens(lang_x, session.num_media, "the media cached by cache_media")
-        elif vision_x is None:
-            raise ValueError("Pass vision_x, or cache media first with cache_media().")
+        elif vision_x is None:  # text only (a mixture's text batch): the plain LM
+            if _holds_data(lang_x) and bool((lang_x == self.media_token_id).any()):
+                raise ValueError(
+                    "Pass vision_x, or cache media first with cache_media(): the text holds "
+                    "<image> tokens. Only text without them runs with vision_x=None (as the "
+                    "plain LM)."
+                )
+            session = TEXT_ONLY
         else:
             self._check_media_inputs(vision_x, lang_x)
             session = MediaSession(self._encode_vision_x(vision_x), self.media_token_id)

@@ -86,7 +86,7 @@ class FlamingoDecoderLayer(nn.Module):
 
     def _forward(self, hidden_states, latents, text_time, keys_values, *args, **kwargs):
         block = self.gated_cross_attn_layer
-        if block is not None:
+        if block is not None and latents is not None:  # None: a text-only call, LM as it is
             # where the block sits: its decoder layer's device when the LM is dispatched over
             # several (placement.py); these moves are no-ops on one device
             device = block.attn_gate.device

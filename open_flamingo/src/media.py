@@ -27,15 +27,17 @@ from torch import nn
 class MediaContext:
     """What the gated cross-attention blocks attend to during one LM call.
 
-    latents: (B, T, n, Dv) perceiver latents, row b those of text row b.
-    text_time: (B, L) long, the 1-based index of the image each token follows (0: none yet).
+    latents: (B, T, n, Dv) perceiver latents, row b those of text row b; None in a text-only
+        call (`TEXT_ONLY`): the blocks are then skipped and the LM runs as it is.
+    text_time: (B, L) long, the 1-based index of the image each token follows (0: none yet);
+        None in a text-only call.
     keys_values: per decoder-layer index, that block's keys and values of `latents`
         ((B, h, T*n, d) each; None where there is no block), computed once per session and
         text batch while decoding; None: each block projects `latents` itself.
     """
 
-    latents: torch.Tensor
-    text_time: torch.Tensor
+    latents: torch.Tensor | None
+    text_time: torch.Tensor | None
     keys_values: tuple | None = None
 
 
@@ -191,3 +193,18 @@ class MediaSession:
             )
         self._per_text_batch = (key, latents, keys_values)
         return latents, keys_values
+
+
+class TextOnlySession:
+    """`Flamingo.forward(vision_x=None, ...)` on text without `<image>` tokens and without cached
+    media (a mixture's text-only batch): no block runs, neither its cross-attention nor its
+    gated feed-forward, so the text gets exactly the plain LM's outputs whatever the gates."""
+
+    follows_last_image = False
+    num_media = 0
+
+    def context_for(self, input_ids: torch.Tensor, blocks: nn.ModuleList) -> MediaContext:
+        return MediaContext(latents=None, text_time=None)
+
+
+TEXT_ONLY = TextOnlySession()

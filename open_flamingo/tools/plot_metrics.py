@@ -3,8 +3,9 @@
 Usage:
     python scripts/plot_metrics.py runs/demo/run/metrics.jsonl [-o loss.png]
 
-Draws the total loss and, where logged, the interleaved and LAION losses against the optimizer
-step. A resumed run that logged a step again is plotted with that step's last row
+Draws the total loss and one curve per source that the file logs a loss of (`loss_<source>`:
+the interleaved and LAION losses, or each source of a `--mixture` run, drawn at the steps whose
+logging window took a batch of it) against the optimizer step. A resumed run that logged a step again is plotted with that step's last row
 (`open_flamingo.train.metrics.read_metrics`). The default output is `loss.png` beside the
 metrics file.
 """
@@ -14,12 +15,21 @@ import json
 import math
 from pathlib import Path
 
-# (metrics key, legend label, line style)
-SERIES = (
-    ("loss", "total (weighted)", "-"),
-    ("loss_interleaved", "interleaved", "--"),
-    ("loss_laion", "LAION", ":"),
-)
+LABELS = {"loss": "total (weighted)", "loss_interleaved": "interleaved", "loss_laion": "LAION"}
+SOURCE_STYLES = ("--", ":", "-.", (0, (5, 1)), (0, (3, 1, 1, 1)), (0, (1, 3)))
+
+
+def label(key: str) -> str:
+    """The legend label of a loss key: `loss_<source>` -> the source's name."""
+    return LABELS.get(key, key.removeprefix("loss_"))
+
+
+def loss_keys(rows: list[dict]) -> list[str]:
+    """ "loss", then every `loss_<source>` key of the rows in the order they first appear."""
+    keys = ["loss"]
+    for row in rows:
+        keys += [key for key in row if key.startswith("loss_") and key not in keys]
+    return keys
 
 
 class MetricsError(ValueError):
@@ -27,7 +37,7 @@ class MetricsError(ValueError):
 
 
 def load_series(path: Path) -> dict[str, tuple[list[int], list[float]]]:
-    """{metrics key: (steps, values)} of every loss in SERIES that the file logs.
+    """{metrics key: (steps, values)} of the total loss and of every source's loss logged.
 
     Raises:
         MetricsError: the file is missing, unreadable, not JSON lines with a `step`, or has no
@@ -49,7 +59,7 @@ def load_series(path: Path) -> dict[str, tuple[list[int], list[float]]]:
     if not rows:
         raise MetricsError(f"{path}: no metrics rows (is the run still before its first log?)")
     series = {}
-    for key, _, _ in SERIES:
+    for key in loss_keys(rows):
         points = [
             (int(row["step"]), float(row[key]))
             for row in rows
@@ -70,11 +80,14 @@ def plot(series: dict[str, tuple[list[int], list[float]]], out: Path, title: str
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
-    for key, label, style in SERIES:
-        if key in series:
-            steps, values = series[key]
-            marker = "o" if len(steps) < 30 else None
-            axes.plot(steps, values, style, marker=marker, markersize=3, label=label)
+    sources = [key for key in series if key != "loss"]
+    for index, key in enumerate(["loss", *sources]):
+        if key not in series:
+            continue
+        style = "-" if key == "loss" else SOURCE_STYLES[(index - 1) % len(SOURCE_STYLES)]
+        steps, values = series[key]
+        marker = "o" if len(steps) < 30 else None
+        axes.plot(steps, values, linestyle=style, marker=marker, markersize=3, label=label(key))
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss")
     axes.set_title(title)

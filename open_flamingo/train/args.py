@@ -22,6 +22,7 @@ from .config import (
     corpus_configs,
     from_flags,
 )
+from .mixture import MixtureError, mixture_from_flags
 
 PRECISIONS = ("fp32", "bf16", "amp_bf16", "amp_bfloat16", "fp16")
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -180,6 +181,12 @@ def build_parser(
     )
     data.add_argument(
         "--workers", type=int, default=4, help="data-loader workers per corpus and rank"
+    )
+    data.add_argument(
+        "--mixture",
+        default=None,
+        help="a YAML / JSON file of sources (type, shards, weight, batch size, ...) to train on "
+        "instead of the two corpora above: docs/training.md",
     )
 
     optim = parser.add_argument_group("optimisation")
@@ -375,7 +382,8 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
             "--resume_from_checkpoint continues a run (weights, optimizer, data position); "
             "--load_from_pretrained starts a new one from weights. Use one."
         )
-    for role, corpus in zip(("interleaved", "laion"), corpus_configs(args), strict=True):
+    two_corpora = zip(("interleaved", "laion"), corpus_configs(args), strict=True)
+    for role, corpus in two_corpora if not args.mixture else ():  # a mixture's: mixture.py
         fmt = get_format(corpus.dataset_type)
         if corpus.shards is None:
             problems.append(
@@ -399,11 +407,15 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
     if args.tokenizer_path is None:
         args.tokenizer_path = args.lm_path
     problems = flag_problems(args)
+    try:
+        mixture_from_flags(args)
+    except MixtureError as error:  # without a readable spec there is no run to check further
+        exit_with_problems(parser, [*problems, str(error)])
     config = from_flags(args)
     if not problems:  # the counts are only meaningful when every number is valid
         problems += preflight.count_problems(config, preflight.launch_world_size())
     problems += preflight.model_problems(config)
-    for corpus in (config.interleaved, config.laion):
+    for corpus in preflight.corpora(config):
         if corpus.shards is not None:
             problems += preflight.corpus_problems(corpus)
     if problems:

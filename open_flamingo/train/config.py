@@ -19,6 +19,8 @@ from pathlib import Path
 from open_flamingo.data.config import CorpusConfig
 from open_flamingo.data.formats import get_format
 
+from .mixture import MixtureConfig, mixture_from_flags
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -88,10 +90,15 @@ class TrainConfig:
     checkpoint: CheckpointConfig
     logging: LoggingConfig
     seed: int = 42
+    # --mixture: its sources replace the two corpora above (mixture.py)
+    mixture: MixtureConfig | None = None
 
     @property
     def micro_batch_size(self) -> int:
-        """Samples one process consumes per micro-step: an interleaved and a LAION batch."""
+        """Samples one process consumes per micro-step: an interleaved and a LAION batch (in a
+        mixture: its pair batches and the largest drawn batch)."""
+        if self.mixture is not None:
+            return self.mixture.micro_batch_size
         return self.interleaved.batch_size + self.laion.batch_size
 
 
@@ -168,4 +175,5 @@ def from_flags(args: argparse.Namespace) -> TrainConfig:
         checkpoint=checkpoint,
         logging=_namesakes(LoggingConfig, args, flags=dict(vars(args))),
         seed=args.seed,
+        mixture=mixture_from_flags(args),
     )

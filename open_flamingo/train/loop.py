@@ -23,6 +23,7 @@ from .agreement import any_rank
 from .backend import TrainingBackend
 from .checkpointing import checkpoint_steps, delete_previous_checkpoints, save_checkpoint
 from .config import TrainConfig
+from .feeds import make_feed
 from .metrics import MetricsLogger, peak_flops, peak_memory_gib
 from .preemption import REQUEUE_EXIT_CODE, StopRequest, mark_for_requeue
 from .step import TrainStep
@@ -57,6 +58,7 @@ class Trainer:
         run_dir: Path,
         state: TrainerState | None = None,
         stop: StopRequest | None = None,
+        feed=None,
     ):
         self.optim, self.logging = config.optim, config.logging
         self.checkpoints = config.checkpoint
@@ -69,7 +71,9 @@ class Trainer:
         self.run_dir = run_dir
         self.state = state or TrainerState()
         self.metrics = MetricsLogger(run_dir, self.accelerator, config.logging)
-        self.num_batches = len(loaders["interleaved"])
+        # the batches of each micro-step (feeds.py)
+        self.feed = feed if feed is not None else make_feed(config, loaders)
+        self.num_batches = self.feed.num_batches
         micro_steps = self.optim.gradient_accumulation_steps
         self.total_steps = self.optim.num_epochs * self.num_batches // micro_steps
         self.micro_step = TrainStep(config.optim, backend, model, optimizer)
@@ -96,19 +100,19 @@ class Trainer:
         first_step = self.state.step
         for epoch in range(self.state.epoch, num_epochs):
             self.state.epoch = epoch
-            for loader in self.loaders.values():
-                loader.set_epoch(epoch)
-            iterators = {name: iter(loader) for name, loader in self.loaders.items()}
+            self.feed.start_epoch(epoch)
             while self.state.batch_in_epoch < self.num_batches:
                 fetch_start = time.perf_counter()
-                batch_interleaved = next(iterators["interleaved"])
-                batch_laion = next(iterators["laion"])
+                parts = self.feed.next_parts()
                 self._add("data_wait_s", time.perf_counter() - fetch_start)
-                result = self.micro_step(batch_interleaved, batch_laion)
+                result = self.micro_step(parts)
                 self.state.batch_in_epoch += 1
                 self._count_finite(result)
-                for key in ("loss", "loss_interleaved", "loss_laion"):
-                    self._add(key, getattr(result, key).item(), count=True)
+                self._add("loss", result.loss.item(), count=True)
+                for name, loss in result.losses.items():
+                    self._add(f"loss_{name}", loss.item(), count=True)
+                for name, samples in result.samples_by_source.items():
+                    self._add(f"samples/{name}", samples)
                 self._add("tokens", result.tokens)
                 self._add("samples", result.samples)
                 if result.grad_norm is not None:
@@ -191,14 +195,15 @@ class Trainer:
 
     def _log(self, elapsed: float, progress) -> None:
         acc, window = self.accelerator, self._window
+        # every rank has the same keys: all ranks draw the same sources (mixture.py)
+        loss_keys = ["loss", *(f"loss_{name}" for name in self.feed.source_names)]
+        counted = [window.get(f"n_{k}", 0) for k in loss_keys]  # 0: a source not drawn
         means = torch.tensor(
-            [
-                window[k] / max(window[f"n_{k}"], 1)
-                for k in ("loss", "loss_interleaved", "loss_laion")
-            ],
+            [window.get(k, 0.0) / max(n, 1) for k, n in zip(loss_keys, counted, strict=True)],
             device=acc.device,
         )
         means = acc.reduce(means, reduction="mean").tolist()
+        means = [m if n else None for m, n in zip(means, counted, strict=True)]
         totals = acc.reduce(
             torch.tensor(
                 [window["samples"], window["tokens"]], device=acc.device, dtype=torch.float64
@@ -210,9 +215,7 @@ class Trainer:
         row = {
             "step": self.state.step,
             "epoch": self.state.epoch,
-            "loss": means[0],
-            "loss_interleaved": means[1],
-            "loss_laion": means[2],
+            **dict(zip(loss_keys, means, strict=True)),  # loss_<source>: None if not drawn
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": window.get("grad_norm"),
             "samples_per_s": totals[0] / elapsed,
@@ -226,13 +229,18 @@ class Trainer:
         for name, loader in self.loaders.items():
             for reason, n in loader.skip_counts().items():
                 row[f"{outcome(reason)}/{name}/{reason}"] = n
+        if self.feed.per_source_metrics:
+            row.update(self._source_totals())
         self.metrics.log(row)
         self._run["samples"] += totals[0]
         self._run["last_loss"] = means[0]
         progress.set_postfix(
             loss=f"{means[0]:.3f}",
-            interleaved=f"{means[1]:.3f}",
-            laion=f"{means[2]:.3f}",
+            **{
+                k[len("loss_") :]: f"{m:.3f}"
+                for k, m in zip(loss_keys[1:], means[1:], strict=True)
+                if m is not None
+            },
             samples_s=f"{row['samples_per_s']:.1f}",
         )
         self._window = {}
@@ -277,6 +285,20 @@ class Trainer:
             self.metrics.path,
         )
 
+    def _source_totals(self) -> dict:
+        """A mixture's per-source numbers: samples in this window (all processes) and the
+        epochs each source has started."""
+        names = self.feed.source_names
+        counts = torch.tensor(
+            [self._window.get(f"samples/{name}", 0.0) for name in names],
+            device=self.accelerator.device,
+            dtype=torch.float64,
+        )
+        counts = self.accelerator.reduce(counts, reduction="sum").tolist()
+        row = {f"samples/{name}": int(n) for name, n in zip(names, counts, strict=True)}
+        row.update({f"epoch/{n}": e for n, e in self.feed.source_epochs().items()})
+        return row
+
     def _mfu(self, step_time: float) -> float | None:
         """Model FLOPs utilisation of one process (FLOPs counted once, on the first step)."""
         flops = self.micro_step.flops.flops
@@ -301,7 +323,7 @@ class Trainer:
             self.model,
             self.optimizer,
             self.scheduler,
-            self.loaders,
+            self.feed.stateful(),
             state,
             self.run_dir,
         )

@@ -75,9 +75,18 @@ def corpus_problems(corpus: CorpusConfig) -> list[str]:
     return problems
 
 
+def corpora(config: TrainConfig) -> list[CorpusConfig]:
+    """The corpora the run reads: a mixture's sources, or the interleaved corpus and LAION."""
+    if config.mixture is not None:
+        return [source.corpus for source in config.mixture.sources]
+    return [config.interleaved, config.laion]
+
+
 def count_problems(config: TrainConfig, world_size: int) -> list[str]:
     """Each corpus has a batch per process, both have the same number of batches per epoch (a
     step takes one of each), and the run takes at least one optimizer step."""
+    if config.mixture is not None:
+        return mixture_count_problems(config, world_size)
     corpora = dict(zip(ROLES, (config.interleaved, config.laion), strict=True))
     batches = {role: batches_per_epoch(corpus, world_size) for role, corpus in corpora.items()}
     problems = [
@@ -112,3 +121,25 @@ def find_problems(config: TrainConfig, world_size: int) -> list[str]:
     for corpus in (config.interleaved, config.laion):
         problems += corpus_problems(corpus)
     return problems + count_problems(config, world_size)
+
+
+def mixture_count_problems(config: TrainConfig, world_size: int) -> list[str]:
+    """Each source has a batch per process in its epoch, and the run takes at least one
+    optimizer step (mixture.py: the run is --num_epochs x `steps` micro-steps)."""
+    mixture, optim = config.mixture, config.optim
+    problems = []
+    for source in mixture.sources:
+        corpus = mixture.corpus_for(source, world_size)
+        if batches_per_epoch(corpus, world_size) < 1:
+            problems.append(
+                f"{mixture.path}: source {source.name}: num_samples {corpus.num_samples} is less "
+                f"than one batch (batch_size {corpus.batch_size} x {world_size} processes)"
+            )
+    run_batches = optim.num_epochs * mixture.steps
+    if run_batches < optim.gradient_accumulation_steps:
+        problems.append(
+            f"--gradient_accumulation_steps {optim.gradient_accumulation_steps} exceeds the "
+            f"{run_batches} micro-steps of the run: no optimizer step would be taken. Lower it, "
+            f"or raise --num_epochs / the mixture's steps."
+        )
+    return problems

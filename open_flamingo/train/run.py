@@ -23,6 +23,7 @@ from open_flamingo.train.checkpointing import (
 )
 from open_flamingo.train.config import TrainConfig
 from open_flamingo.train.distributed import make_accelerator
+from open_flamingo.train.feeds import make_feed, mixture_loaders
 from open_flamingo.train.loop import NonFiniteLossError, Trainer, TrainerState
 from open_flamingo.train.optim import build_optimizer, build_scheduler
 from open_flamingo.train.preemption import StopRequest
@@ -38,8 +39,13 @@ logger = logging.getLogger(__name__)
 
 
 def build_loaders(config: TrainConfig, image_processor, tokenizer, accelerator) -> dict:
-    """One loader per corpus; their counts were checked before the model loaded (preflight)."""
+    """One loader per corpus, or per source of a mixture; their counts were checked before the
+    model loaded (preflight)."""
     world_size, rank = accelerator.num_processes, accelerator.process_index
+    if config.mixture is not None:
+        return mixture_loaders(
+            config.mixture, image_processor, tokenizer, rank=rank, world_size=world_size
+        )
     return {
         name: get_data(
             corpus, image_processor, tokenizer, rank=rank, world_size=world_size
@@ -134,7 +140,8 @@ def _train(config: TrainConfig, accelerator, run_dir: Path, stop: StopRequest) -
     backend.prepare_model(model, optim.precision, trainable_embedding_rows=trained_rows)
 
     loaders = build_loaders(config, image_processor, tokenizer, accelerator)
-    batches = optim.num_epochs * len(loaders["interleaved"])
+    feed = make_feed(config, loaders)
+    batches = optim.num_epochs * feed.num_batches
     total_steps = math.floor(batches / optim.gradient_accumulation_steps)
     optimizer = build_optimizer(
         model,
@@ -155,7 +162,9 @@ def _train(config: TrainConfig, accelerator, run_dir: Path, stop: StopRequest) -
             logger.info("no checkpoint in %s yet: starting from scratch", run_dir)
         else:
             logger.info("resuming from %s", path)
-            saved = load_training_checkpoint(backend, model, optimizer, scheduler, loaders, path)
+            saved = load_training_checkpoint(
+                backend, model, optimizer, scheduler, feed.stateful(), path
+            )
             state = TrainerState(**saved)
     n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     processes = accelerator.num_processes
@@ -167,9 +176,11 @@ def _train(config: TrainConfig, accelerator, run_dir: Path, stop: StopRequest) -
         "es" if processes > 1 else "",
         accelerator.device,
         n_trainable,
-        len(loaders["interleaved"]),
+        feed.num_batches,
         total_steps,
         stepping_optimizer_name(optimizer),
     )
-    trainer = Trainer(config, backend, model, optimizer, scheduler, loaders, run_dir, state, stop)
+    trainer = Trainer(
+        config, backend, model, optimizer, scheduler, loaders, run_dir, state, stop, feed=feed
+    )
     return trainer.train()

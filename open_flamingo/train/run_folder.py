@@ -136,6 +136,8 @@ def data_order(config: TrainConfig, num_processes: int, loaders: dict) -> dict:
         "train_num_samples_interleaved": interleaved.num_samples,
         "train_num_samples_laion": laion.num_samples,
     }
+    if config.mixture is not None:  # its sources' loaders are the loaders
+        order["mixture"] = config.mixture.data_order()
     for name, loader in loaders.items():
         order[f"{name}_shards"] = loader.state_dict()["num_shards"]
     return order
