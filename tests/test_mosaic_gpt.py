@@ -352,6 +352,8 @@ def test_device_map_places_the_converted_model(tmp_path):
     assert not hasattr(placed, "hf_device_map") and placed.device == torch.device("cpu")
     ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     assert torch.equal(placed(ids).logits, plain(ids).logits)
+    with pytest.raises(ValueError, match="splits the model over devices is not supported"):
+        load_causal_lm(str(folder), device_map={"transformer": "cpu", "lm_head": "cpu"})
 
 
 def test_a_converted_model_saved_natively_loads_back_the_same(saved, tmp_path):

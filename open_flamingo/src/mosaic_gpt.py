@@ -232,20 +232,19 @@ def _dtype(kwargs: dict, raw: dict) -> torch.dtype | None:
     return dtype
 
 
-def dispatch(model, device_map):
-    """Place a model built here as `from_pretrained(device_map=...)` places the ones it loads:
-    "auto" (accelerate's fit over the devices), one device, or a dict of module -> device."""
-    from accelerate import dispatch_model, infer_auto_device_map
-
+def place(model, device_map, source: str):
+    """`device_map` for a model built here: one device ("cuda:0", a torch.device), or "auto",
+    which is the first GPU if there is one, else the CPU. The converted MPT is not split over
+    several devices (OpenFlamingo's MPT LMs, 1B and 7B, fit on one GPU): a dict is refused."""
+    if isinstance(device_map, dict):
+        raise ValueError(
+            f"{source}: a device_map that splits the model over devices is not supported for "
+            "MosaicGPT / MPT, which are built here rather than by from_pretrained; pass one "
+            'device, or "auto" (the first GPU, else the CPU)'
+        )
     if device_map == "auto":
-        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules)
-    elif not isinstance(device_map, dict):
-        device_map = {"": device_map}
-    if len(set(device_map.values())) == 1:  # as transformers: moved, no hooks, no map recorded
-        return model.to(next(iter(device_map.values())))
-    model = dispatch_model(model, device_map)
-    model.hf_device_map = device_map
-    return model
+        device_map = "cuda:0" if torch.cuda.is_available() else "cpu"
+    return model.to(device_map)
 
 
 def load_causal_lm(path: str, **kwargs):
@@ -255,8 +254,8 @@ def load_causal_lm(path: str, **kwargs):
 
     kwargs: `from_pretrained`'s. For MosaicGPT and MPT: `dtype` (or `torch_dtype`; default
     "auto", the config's dtype, as transformers 5 does) and the arguments that locate files
-    (HUB_KWARGS), and `device_map` (`dispatch`); `trust_remote_code` is not needed and changes
-    nothing. Raises ValueError for
+    (HUB_KWARGS), and `device_map` as one device (`place`); `trust_remote_code` is not needed
+    and changes nothing. Raises ValueError for
     other arguments there, for settings transformers' MPT cannot reproduce and for weights that
     do not fit; FileNotFoundError when the folder holds no weights.
     """
@@ -305,7 +304,7 @@ def load_causal_lm(path: str, **kwargs):
     if generation_file:
         model.generation_config = GenerationConfig.from_pretrained(Path(generation_file).parent)
     if kwargs.get("device_map") is not None:
-        model = dispatch(model, kwargs["device_map"])
+        model = place(model, kwargs["device_map"], path)
     logger.info(
         "%s (%s) loaded as MptForCausalLM without its remote code: QK-LayerNorm %s, %s.",
         path,
