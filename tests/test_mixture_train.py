@@ -93,7 +93,7 @@ def test_each_step_logs_its_sources_and_a_source_that_runs_out_starts_its_next_e
     assert saved["web"]["epoch"] == rows[-1]["epoch/web"]
     # per-source skips, as the two-corpus run logs them: the texts are longer than 48 tokens
     truncated = sum(state["skips"]["text_truncated"] for state in saved["web"]["states"].values())
-    assert rows[-1]["skipped/web/text_truncated"] == truncated >= 2
+    assert rows[-1]["trimmed/web/text_truncated"] == truncated >= 2
 
 
 def test_a_mixture_run_killed_with_sigkill_resumes_exactly(tiny, mixture, uninterrupted):  # noqa: F811
