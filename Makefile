@@ -9,10 +9,11 @@ INSTALLED := $(VENV)/.installed
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 ASSETS := .cache/assets
 # upstream open-flamingo 2.0.1 on transformers 4.46.3, importable beside our venv's torch; the
-# equivalence tests run it as the reference (tests/test_upstream_equivalence.py).
+# equivalence tests run it as the reference (tests/test_upstream_equivalence.py); webdataset is
+# what its train/data.py imports (tests/test_data_mmc4_order.py).
 UPSTREAM_SITE := .cache/upstream-site
 UPSTREAM_PKGS := open-flamingo==2.0.1 transformers==4.46.3 tokenizers==0.20.3 \
-	huggingface_hub==0.36.0 open_clip_torch==2.32.0 einops-exts==0.0.4
+	huggingface_hub==0.36.0 open_clip_torch==2.32.0 einops-exts==0.0.4 webdataset==0.2.100
 
 .PHONY: test demo lint format assets upstream nltk-data clean
 

@@ -41,7 +41,9 @@ upstream=()
 training_runs=()
 llama=llama
 if [[ ${SMOKE:-0} == 1 ]]; then
-    training_runs=(--cpu)
+    # the ZeRO-1 run and its SIGKILL + resume; zero1-slurm's config (and the CPU Adam it builds)
+    # is run on the CPU by tests/test_slurm.py, so the smoke check leaves it out
+    training_runs=(--cpu --runs zero1 zero1-killed)
     llama=tiny-llama
     tiny=(--lm tiny-mpt --vision_encoder_path ViT-Tiny-16)
     tiny_step=(--batch_size_laion 2 --max_tokens_laion 16 --batch_size_interleaved 2

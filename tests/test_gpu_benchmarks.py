@@ -88,7 +88,8 @@ def test_every_configuration_reported_its_figures(smoke):
     assert [r["num_beams"] for r in compiled] == [3, 1]
     assert {r["kv_cache"] for r in compiled} == {"static"}
     runs = {r["run"]: r for r in results if "run" in r}
-    assert set(runs) == {"zero1", "zero1-killed", "zero1-slurm"}  # FSDP needs GPUs
+    # FSDP needs GPUs; the smoke run leaves zero1-slurm to tests/test_slurm.py
+    assert set(runs) == {"zero1", "zero1-killed"}
     assert all(r["status"] == 0 for r in runs.values())
     assert set(runs["zero1-killed"]["resumed_vs_uninterrupted"].values()) == {0.0}
     for profile in ("train_profile", "upstream_train_profile", "generate_compiled_beam3"):
