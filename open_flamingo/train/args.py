@@ -397,9 +397,11 @@ def flag_problems(args: argparse.Namespace) -> list[str]:
     return problems
 
 
-def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """Check the flags, then every path and count they name (preflight.py), and exit with all
-    the problems found, before anything loads."""
+def validate(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, *, look_at_files: bool = True
+) -> argparse.Namespace:
+    """Check the flags, then (`look_at_files`) every path and count they name (preflight.py),
+    and exit with all the problems found, before anything loads."""
     omnicorpus_flags.apply(args, parser)
     args.special_checkpointing_steps = [
         step for group in args.special_checkpointing_steps for step in group
@@ -411,20 +413,36 @@ def validate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> argpa
         mixture_from_flags(args)
     except MixtureError as error:  # without a readable spec there is no run to check further
         exit_with_problems(parser, [*problems, str(error)])
-    config = from_flags(args)
-    if not problems:  # the counts are only meaningful when every number is valid
-        problems += preflight.count_problems(config, preflight.launch_world_size())
-    problems += preflight.model_problems(config)
-    for corpus in preflight.corpora(config):
-        if corpus.shards is not None:
-            problems += preflight.corpus_problems(corpus)
+    if look_at_files:
+        problems += file_problems(from_flags(args), counts=not problems)
     if problems:
         exit_with_problems(parser, problems)
     return args
 
 
+def file_problems(config: TrainConfig, counts: bool) -> list[str]:
+    """preflight.py's checks of the paths, and (`counts`: only meaningful when every number is
+    valid) of the batch counts."""
+    problems = []
+    if counts:
+        problems += preflight.count_problems(config, preflight.launch_world_size())
+    problems += preflight.model_problems(config)
+    for corpus in preflight.corpora(config):
+        if corpus.shards is not None:
+            problems += preflight.corpus_problems(corpus)
+    return problems
+
+
+def parse_flags(argv=None) -> argparse.Namespace:
+    """What a command line means, its flags checked, without looking at the files and storage
+    it names (a command written for another machine: docs/data.md's)."""
+    parser = build_parser()
+    return validate(parser.parse_args(argv), parser, look_at_files=False)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    """The validated flags, OmniCorpus's mapped onto this trainer's."""
+    """The validated flags, OmniCorpus's mapped onto this trainer's, after every path and count
+    they name has been checked."""
     parser = build_parser()
     return validate(parser.parse_args(argv), parser)
 
