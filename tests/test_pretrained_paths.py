@@ -4,6 +4,7 @@ vision encoder's "none" tag."""
 
 import hashlib
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,25 +53,43 @@ def test_a_hugging_face_cache_folder_loads_as_the_model_it_holds(
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def data_flags(root: Path) -> tuple[list[str], list[str]]:
+    """(eval, train) flags naming data that exists, as both command lines check before
+    anything loads: COCO's four paths, and a shard and an image of each training corpus."""
+    for name in ("coco/train2014/0.jpg", "coco/val2014/0.jpg", "docs/0.jsonl", "images/0.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    for name in ("coco/dataset_coco.json", "coco/captions_val2014.json", "pairs/0.tar"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    coco = root / "coco"
+    evaluation = ["--eval_coco", "--coco_train_image_dir_path", str(coco / "train2014")]
+    evaluation += ["--coco_val_image_dir_path", str(coco / "val2014")]
+    evaluation += ["--coco_karpathy_json_path", str(coco / "dataset_coco.json")]
+    evaluation += ["--coco_annotations_json_path", str(coco / "captions_val2014.json")]
+    train = ["--omnicorpus_shards", str(root / "docs"), "--laion_shards", str(root / "pairs")]
+    train += ["--omnicorpus_image_prefix", str(root / "images")]
+    return evaluation, train
+
+
 def test_the_cache_folder_is_accepted_by_both_command_lines(
     tmp_path, tiny_lm_dirs, byte_tokenizer_dir
 ):
     cache = str(hf_cache_folder(tmp_path, tiny_lm_dirs["mpt"], byte_tokenizer_dir))
-    args = parse_eval_args(["--lm_path", cache, "--eval_coco"])
+    evaluation, train = data_flags(tmp_path / "data")
+    args = parse_eval_args(["--lm_path", cache, *evaluation])
     assert args.lm_path == cache
-    train = ["--lm_path", cache, "--omnicorpus_shards", "x", "--omnicorpus_image_prefix", "i"]
-    train += ["--laion_shards", "y"]
-    assert parse_train_args(train).tokenizer_path == cache
+    assert parse_train_args(["--lm_path", cache, *train]).tokenizer_path == cache
 
 
-def test_none_is_a_randomly_initialised_vision_encoder_on_both_command_lines(byte_tokenizer_dir):
+def test_none_is_a_randomly_initialised_vision_encoder_on_both_command_lines(
+    tmp_path, byte_tokenizer_dir
+):
     tags = ("none", "NONE", "", None, "openai", "weights.pt")
     assert [open_clip_pretrained(tag) for tag in tags] == [None] * 4 + ["openai", "weights.pt"]
     lm = ["--lm_path", str(byte_tokenizer_dir)]
-    evaluation = [*lm, "--eval_coco"]
-    train = [*lm, "--omnicorpus_shards", "x", "--omnicorpus_image_prefix", "i"]
-    train += ["--laion_shards", "y"]
-    for parse, flags in ((parse_eval_args, evaluation), (parse_train_args, train)):
+    evaluation, train = data_flags(tmp_path)
+    for parse, flags in ((parse_eval_args, [*lm, *evaluation]), (parse_train_args, [*lm, *train])):
         assert parse(flags).vision_encoder_pretrained == "openai"
         tagged = parse([*flags, "--vision_encoder_pretrained", "None"])
         assert tagged.vision_encoder_pretrained is None

@@ -369,7 +369,7 @@ def test_deepspeed_zero1_matches_ddp_and_writes_sharded_optimizer(tiny, uninterr
     config = "accelerate_config_zero1.yaml"
     finish(launch(tiny, run, deepspeed_config=config, **RESUME_FLAGS, num_epochs=1), run)
     log = (run.parent / f"{run.name}.log").read_text()
-    assert "DEEPSPEED on 2 processes" in log
+    assert "DeepSpeed ZeRO-1 on 2 processes (cpu)" in log
     got = losses(run)
     assert got == pytest.approx(uninterrupted_ddp, rel=1e-5)
     shards = sorted(p.name for p in (run / "checkpoint-6" / "deepspeed" / "state").iterdir())
@@ -387,7 +387,7 @@ def test_zero1_slurm_config_offloads_the_optimizer_to_cpu_adam(tiny, uninterrupt
     config = "accelerate_config_zero1_slurm.yaml"
     finish(launch(tiny, run, deepspeed_config=config, **RESUME_FLAGS, num_epochs=1), run)
     log = (run.parent / f"{run.name}.log").read_text()
-    assert "DEEPSPEED on 2 processes" in log
+    assert "DeepSpeed ZeRO-1, optimizer on the CPU on 2 processes (cpu)" in log
     # every step as DDP's: DeepSpeed's CPU Adam runs as AdamW. (When it ran as Adam with L2
     # decay, step 6 was 1.3% off; test_offloaded_optimizer_becomes_cpu_adam_in_adamw_mode.)
     assert losses(run) == pytest.approx(uninterrupted_ddp, rel=1e-5)
