@@ -43,9 +43,9 @@ nltk-data: | $(INSTALLED)
 test: $(INSTALLED) assets upstream nltk-data
 	$(PY) -m pytest tests
 
-# Train a small Flamingo (tiny ViT + the real SmolLM2-135M-Instruct) on the synthetic shapes corpus on the
-# CPU, then caption held-out images: scripts/demo.py. Output under runs/demo/. `make demo
-# MIXTURE=1` trains on a mixture with text-only data instead (docs/training.md).
+# Train a small Flamingo (tiny ViT + the real SmolLM2-135M-Instruct) on the synthetic shapes
+# corpus on the CPU, then caption held-out images: scripts/demo.py. Output under runs/demo/.
+# `make demo MIXTURE=1` trains on a mixture with text-only data instead (docs/training.md).
 demo: $(INSTALLED) assets
 	$(PY) scripts/demo.py $(if $(filter 1,$(MIXTURE)),--mixture)
 
