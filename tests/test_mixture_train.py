@@ -157,6 +157,29 @@ def test_a_bad_spec_stops_the_run_before_the_model_loads(tiny, tmp_path, capsys)
     assert f"--mixture {bad}: source 'x': missing field(s)" in capsys.readouterr().err
 
 
+def test_a_mixture_s_counts_are_checked_before_the_model_loads(tiny, mixture, tmp_path, capsys):  # noqa: F811
+    """A source without one batch in its epoch, and accumulation past the run's micro-steps,
+    are reported together, as the two-corpus run's counts are (preflight.py)."""
+    flags = mixture_argv(tiny, tmp_path / "run", mixture, num_epochs=1)
+    flags += ["--gradient_accumulation_steps", str(STEPS + 1)]
+    with pytest.raises(SystemExit):
+        main(flags)
+    err = capsys.readouterr().err
+    assert (
+        f"--gradient_accumulation_steps {STEPS + 1} exceeds the {STEPS} micro-steps of the run: "
+        "no optimizer step would be taken. Lower it, or raise --num_epochs / the mixture's steps."
+    ) in err
+    one_sample = json.loads(mixture.read_text())
+    one_sample["sources"][2]["num_samples"] = 1  # web: batches of 2
+    small = mixture.parent / "mixture-small.yaml"
+    small.write_text(json.dumps(one_sample))
+    with pytest.raises(SystemExit):
+        main(mixture_argv(tiny, tmp_path / "run", small))
+    assert (
+        f"{small}: source web: num_samples 1 is less than one batch (batch_size 2 x 1 processes)"
+    ) in capsys.readouterr().err
+
+
 class RecordingAccelerator:
     """What MetricsLogger uses of accelerate: the trackers' calls, recorded."""
 

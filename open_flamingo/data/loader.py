@@ -156,6 +156,11 @@ class DataInfo:
     dataloader: ResumableLoader
 
 
+def batches_per_epoch(corpus: CorpusConfig, world_size: int) -> int:
+    """An epoch's batches: the whole batches of all `world_size` processes in num_samples."""
+    return math.floor(corpus.num_samples / (corpus.batch_size * world_size))
+
+
 def get_data(
     corpus: CorpusConfig,
     image_processor,
@@ -197,7 +202,6 @@ def get_data(
         world_size=world_size,
         num_workers=corpus.workers,
     )
-    num_batches = math.floor(corpus.num_samples / (corpus.batch_size * world_size))
-    loader = ResumableLoader(dataset, num_batches, corpus.workers)
+    loader = ResumableLoader(dataset, batches_per_epoch(corpus, world_size), corpus.workers)
     loader.set_epoch(epoch)
     return DataInfo(loader)

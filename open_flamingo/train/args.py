@@ -414,23 +414,13 @@ def validate(
     except MixtureError as error:  # without a readable spec there is no run to check further
         exit_with_problems(parser, [*problems, str(error)])
     if look_at_files:
-        problems += file_problems(from_flags(args), counts=not problems)
+        config = from_flags(args)
+        problems += preflight.find_problems(
+            config, preflight.launch_world_size(), counts=not problems
+        )
     if problems:
         exit_with_problems(parser, problems)
     return args
-
-
-def file_problems(config: TrainConfig, counts: bool) -> list[str]:
-    """preflight.py's checks of the paths, and (`counts`: only meaningful when every number is
-    valid) of the batch counts."""
-    problems = []
-    if counts:
-        problems += preflight.count_problems(config, preflight.launch_world_size())
-    problems += preflight.model_problems(config)
-    for corpus in preflight.corpora(config):
-        if corpus.shards is not None:
-            problems += preflight.corpus_problems(corpus)
-    return problems
 
 
 def parse_flags(argv=None) -> argparse.Namespace:

@@ -6,12 +6,12 @@ in one pass, and the problems are reported together, so that a run set up wrong 
 with all its faults named instead of one at a time after the model has loaded.
 """
 
-import math
 import os
 from pathlib import Path
 
 from open_flamingo.data.config import CorpusConfig
 from open_flamingo.data.formats import get_format
+from open_flamingo.data.loader import batches_per_epoch
 from open_flamingo.data.manifest import resolve_shards
 from open_flamingo.data.storage import StorageError, has_files
 from open_flamingo.src.pretrained_paths import resolve_pretrained_path
@@ -26,11 +26,6 @@ def launch_world_size() -> int:
     """Processes of this launch: `accelerate launch`, torchrun and deepspeed set WORLD_SIZE, as
     accelerate itself reads it; a plain `python` run is one process."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def batches_per_epoch(corpus: CorpusConfig, world_size: int) -> int:
-    """The loader's epoch (data/loader.py): whole batches of all processes in num_samples."""
-    return math.floor(corpus.num_samples / (corpus.batch_size * world_size))
 
 
 def model_problems(config: TrainConfig) -> list[str]:
@@ -105,28 +100,30 @@ def count_problems(config: TrainConfig, world_size: int) -> list[str]:
             f"{batches['laion']} (with {world_size} processes). Set --train_num_samples_laion to "
             f"{batches['interleaved'] * per_batch}."
         ]
-    optim = config.optim
-    run_batches = optim.num_epochs * batches["interleaved"]
-    if run_batches < optim.gradient_accumulation_steps:
-        return [
-            f"--gradient_accumulation_steps {optim.gradient_accumulation_steps} exceeds the "
-            f"{run_batches} batches of the run: no optimizer step would be taken. Lower it, or "
-            "raise --num_epochs / --train_num_samples_interleaved / --train_num_samples_laion."
-        ]
-    return []
+    run_batches = config.optim.num_epochs * batches["interleaved"]
+    return no_optimizer_step(
+        config,
+        run_batches,
+        "batches",
+        "--train_num_samples_interleaved / --train_num_samples_laion",
+    )
 
 
-def find_problems(config: TrainConfig, world_size: int) -> list[str]:
-    problems = model_problems(config)
-    for corpus in (config.interleaved, config.laion):
-        problems += corpus_problems(corpus)
-    return problems + count_problems(config, world_size)
+def find_problems(config: TrainConfig, world_size: int, *, counts: bool = True) -> list[str]:
+    """Every problem of the paths, and (`counts`: only meaningful when every number of the flags
+    is valid) of the batch counts."""
+    problems = count_problems(config, world_size) if counts else []
+    problems += model_problems(config)
+    for corpus in corpora(config):
+        if corpus.shards is not None:  # a missing shards flag is a flag problem
+            problems += corpus_problems(corpus)
+    return problems
 
 
 def mixture_count_problems(config: TrainConfig, world_size: int) -> list[str]:
     """Each source has a batch per process in its epoch, and the run takes at least one
     optimizer step (mixture.py: the run is --num_epochs x `steps` micro-steps)."""
-    mixture, optim = config.mixture, config.optim
+    mixture = config.mixture
     problems = []
     for source in mixture.sources:
         corpus = mixture.corpus_for(source, world_size)
@@ -135,11 +132,17 @@ def mixture_count_problems(config: TrainConfig, world_size: int) -> list[str]:
                 f"{mixture.path}: source {source.name}: num_samples {corpus.num_samples} is less "
                 f"than one batch (batch_size {corpus.batch_size} x {world_size} processes)"
             )
-    run_batches = optim.num_epochs * mixture.steps
-    if run_batches < optim.gradient_accumulation_steps:
-        problems.append(
-            f"--gradient_accumulation_steps {optim.gradient_accumulation_steps} exceeds the "
-            f"{run_batches} micro-steps of the run: no optimizer step would be taken. Lower it, "
-            f"or raise --num_epochs / the mixture's steps."
-        )
-    return problems
+    run_batches = config.optim.num_epochs * mixture.steps
+    return problems + no_optimizer_step(config, run_batches, "micro-steps", "the mixture's steps")
+
+
+def no_optimizer_step(config: TrainConfig, run_batches: int, unit: str, length: str) -> list[str]:
+    """The problem of a run whose `run_batches` micro-steps make no optimizer step; `length`
+    names what else sets the run's length besides --num_epochs."""
+    accumulation = config.optim.gradient_accumulation_steps
+    if run_batches >= accumulation:
+        return []
+    return [
+        f"--gradient_accumulation_steps {accumulation} exceeds the {run_batches} {unit} of the "
+        f"run: no optimizer step would be taken. Lower it, or raise --num_epochs / {length}."
+    ]
