@@ -3,7 +3,7 @@
 import argparse
 import os
 
-from open_flamingo.cli_errors import exit_with_problems
+from open_flamingo.cli import exit_with_problems
 from open_flamingo.src.pretrained_paths import open_clip_pretrained, resolve_pretrained_path
 
 from .eval_model import PRECISIONS

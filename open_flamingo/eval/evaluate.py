@@ -11,7 +11,6 @@ checked before anything loads (args.py); the work is tasks.py's. This file impor
 the eval extra until it has checked it is installed.
 """
 
-import logging
 import os
 import sys
 
@@ -20,7 +19,8 @@ if __package__ in (None, ""):  # run as `python open_flamingo/eval/evaluate.py`
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, os.path.dirname(os.path.dirname(_here)))
 
-from open_flamingo.extras import require  # noqa: E402 (after the path of a script run)
+from open_flamingo.cli import configure_logging  # noqa: E402 (after a script run's path)
+from open_flamingo.extras import require  # noqa: E402
 
 
 def main(argv=None) -> dict | None:
@@ -33,8 +33,7 @@ def main(argv=None) -> dict | None:
     from open_flamingo.eval.tasks import run
 
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("open_flamingo").setLevel(logging.INFO)
+    configure_logging()
     world = init_world(args.dist_url, args.dist_backend, not args.no_set_device_rank)
     # scoped, not torch.set_grad_enabled(False): a caller in the same process (a notebook, the
     # tests) keeps autograd afterwards

@@ -6,7 +6,7 @@ command line into a TrainConfig."""
 import argparse
 import math
 
-from open_flamingo.cli_errors import exit_with_problems
+from open_flamingo.cli import exit_with_problems
 from open_flamingo.data.config import CorpusConfig
 from open_flamingo.data.formats import get_format
 from open_flamingo.src.pretrained_paths import open_clip_pretrained

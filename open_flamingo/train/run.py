@@ -8,6 +8,7 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
+from open_flamingo.cli import configure_logging
 from open_flamingo.data.loader import get_data
 from open_flamingo.data.storage import StorageError
 from open_flamingo.src.checkpoint import load_checkpoint
@@ -75,7 +76,9 @@ def run(argv=None) -> int:
         str(run_dir),
         report_to_wandb=config.logging.report_to_wandb,
     )
-    configure_logging(accelerator.is_main_process)
+    configure_logging(
+        accelerator.is_main_process, fmt="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # parse_config counted batches for the launch's WORLD_SIZE; these are the processes that run
     problems = count_problems(config, accelerator.num_processes)
     if problems:
@@ -100,15 +103,6 @@ def run(argv=None) -> int:
         lock.release()
         if not finished and new_folder and accelerator.is_main_process:
             remove_unused_run_folder(run_dir)
-
-
-def configure_logging(main_process: bool) -> None:
-    """This project's INFO lines on the main process; other libraries' (open_clip announces
-    every model it builds) only from WARNING up."""
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("open_flamingo").setLevel(logging.INFO if main_process else logging.WARNING)
 
 
 def _train(config: TrainConfig, accelerator, run_dir: Path, stop: StopRequest) -> int:
