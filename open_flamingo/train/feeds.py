@@ -14,7 +14,7 @@ from open_flamingo.data.loader import ResumableLoader, get_data
 
 from .config import OptimConfig, TrainConfig
 from .mixture import MixtureConfig, SourceDraw
-from .step import StepPart
+from .step import StepPart, paired_parts
 
 DRAW_STATE = "_draw"  # the draw's entry among the loader states (no source name starts with _)
 
@@ -39,11 +39,7 @@ class PairedFeed:
     def next_parts(self) -> list[StepPart]:
         batch_interleaved = next(self._iterators["interleaved"])
         batch_laion = next(self._iterators["laion"])
-        # LAION first: the step defers the gradient sync for all but its last part
-        return [
-            StepPart("laion", batch_laion, self.optim.loss_multiplier_laion),
-            StepPart("interleaved", batch_interleaved, self.optim.loss_multiplier_interleaved),
-        ]
+        return paired_parts(batch_interleaved, batch_laion, self.optim)
 
     def stateful(self) -> dict:
         return self.loaders

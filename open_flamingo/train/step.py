@@ -29,6 +29,15 @@ class StepPart:
     loss_multiplier: float
 
 
+def paired_parts(batch_interleaved: dict, batch_laion: dict, optim: OptimConfig) -> list[StepPart]:
+    """Upstream's micro-step: LAION first (the step defers the gradient sync for all but its
+    last part), then the interleaved batch, each with its --loss_multiplier_*."""
+    return [
+        StepPart("laion", batch_laion, optim.loss_multiplier_laion),
+        StepPart("interleaved", batch_interleaved, optim.loss_multiplier_interleaved),
+    ]
+
+
 @dataclass
 class StepResult:
     loss: torch.Tensor  # () float32, detached
@@ -86,13 +95,7 @@ class TrainStep:
         (`run`), as the trainer passes them."""
         if batch_laion is None:
             return self.run(batch_interleaved)
-        optim = self.optim
-        return self.run(
-            [
-                StepPart("laion", batch_laion, optim.loss_multiplier_laion),
-                StepPart("interleaved", batch_interleaved, optim.loss_multiplier_interleaved),
-            ]
-        )
+        return self.run(paired_parts(batch_interleaved, batch_laion, self.optim))
 
     def run(self, parts: list[StepPart]) -> StepResult:
         """The micro-step over `parts`: all but the last forward with the gradient sync
