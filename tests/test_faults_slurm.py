@@ -97,7 +97,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_exactly(slurm, tmp_path
     )
     job_id = int(re.search(r"Submitted batch job (\d+)", submitted.stdout)[1])
     deadline, released, warned, ended_since = time.monotonic() + 480, False, False, None
-    again = False  # the job was seen pending or running again after its requeue
+    again = False  # the requeued attempt was seen running
     while True:
         assert time.monotonic() < deadline, job_log.read_text(errors="replace")
         state = job_state(slurm, job_id)
@@ -114,15 +114,16 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_exactly(slurm, tmp_path
             )
             released = True
         if state.get("JobState") in ENDED:
-            # Ended for good: the requeued attempt, once seen pending or running, or a first
-            # attempt still ended 10 s on (it failed, no requeue). While Slurm requeues, the job
-            # shows the first attempt's end (FAILED, Restarts=1) before it is PENDING again.
+            # Ended for good: the requeued attempt, once seen running, or a first attempt still
+            # ended 10 s on (it failed, no requeue). While Slurm requeues, the job can show
+            # PENDING with Restarts=1 and then the first attempt's end (FAILED, Restarts=1)
+            # before the second attempt runs, so only RUNNING marks that attempt.
             ended_since = ended_since or time.monotonic()
             if again or (state.get("Restarts") == "0" and time.monotonic() - ended_since > 10):
                 break
         else:
             ended_since = None
-        if state.get("Restarts") == "1" and state.get("JobState") in ("PENDING", "RUNNING"):
+        if state.get("Restarts") == "1" and state.get("JobState") == "RUNNING":
             again = True
         time.sleep(0.5)
     text = job_log.read_text(errors="replace")  # ranks interleave in one log
