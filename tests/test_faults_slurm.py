@@ -98,6 +98,7 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_exactly(slurm, tmp_path
     job_id = int(re.search(r"Submitted batch job (\d+)", submitted.stdout)[1])
     deadline, released, warned, ended_since = time.monotonic() + 480, False, False, None
     again = False  # the requeued attempt was seen running
+    pending_since = None  # when the requeued job was first seen pending
     while True:
         assert time.monotonic() < deadline, job_log.read_text(errors="replace")
         state = job_state(slurm, job_id)
@@ -106,9 +107,13 @@ def test_a_job_at_its_time_limit_is_requeued_and_resumes_exactly(slurm, tmp_path
             # end first. The warning is then sent as Slurm sends it: to the batch shell.
             slurm.command(["scancel", "--signal=USR1", "--batch", str(job_id)])
             warned = True
-        if state.get("Restarts") == "1" and state.get("JobState") == "PENDING" and not released:
+        requeued = state.get("Restarts") == "1" and state.get("JobState") == "PENDING"
+        pending_since = (pending_since or time.monotonic()) if requeued else None
+        if requeued and not released and time.monotonic() - pending_since >= 3:
             # Slurm holds a requeued job back for about two minutes; start it now, with room
-            # to finish this time.
+            # to finish this time. Not at once: the nodes refuse a launch credential issued in
+            # the same second as the old attempt's revoked one ("Job credential revoked", and
+            # the job fails without running).
             slurm.command(
                 ["scontrol", "update", f"JobId={job_id}", "TimeLimit=10", "StartTime=now"]
             )
